@@ -1,0 +1,38 @@
+rockspec_format = "3.0"
+package = "rrpc"
+version = "scm-1"
+source = {
+  url = "git+https://example.invalid/rrpc.git", -- `luarocks make` builds from the checkout
+}
+description = {
+  summary = "Alibaba Cloud IoT Platform RRpc calls from Lua, with a C core",
+  detailed = [[
+Sends bytes to one IoT device through the Alibaba Cloud IoT Platform operation RRpc and
+returns its reply: V1 and V3 request signatures (OpenSSL), HTTP with kept-alive
+connections (libcurl), exact 64-bit MessageIds, and errors that say whether the device
+may have received the message.
+]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.1",
+  "lua-cjson",
+}
+external_dependencies = {
+  CURL = { header = "curl/curl.h" },
+  OPENSSL = { header = "openssl/evp.h" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["rrpc.core"] = {
+      sources = { "src/codec.c", "src/core.c", "src/http.c", "src/json.c", "src/sign.c" },
+      defines = { "_POSIX_C_SOURCE=200809L" },
+      libraries = { "curl", "crypto" },
+      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+    },
+    ["rrpc"] = "lua/rrpc.lua",
+    ["rrpc.errors"] = "lua/rrpc/errors.lua",
+  },
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs, from Debian's packages, whatever rrpc needs that this machine lacks.
+# Idempotent: a second run installs nothing. Needs root (or sudo) on Debian 12.
+set -euo pipefail
+
+packages=(
+  gcc libc6-dev make pkg-config            # build the C core
+  lua5.4 liblua5.4-dev                      # the Lua it is built for
+  libcurl4-openssl-dev libssl-dev           # HTTP and signatures
+  lua-cjson                                 # response parsing
+  lua-busted                                # specs
+  luarocks                                  # the rockspec
+  nginx libnginx-mod-http-lua               # the emulator (nginx with its Lua module)
+  curl ca-certificates procps               # the specs' readiness checks and process control
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "deps: installing ${missing[*]}"
+
+# Installing nginx would start a system service on port 80; the emulator needs only the
+# binary, so forbid service starts for the duration of the install.
+policy=/usr/sbin/policy-rc.d
+added_policy=""
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+  $sudo chmod 755 "$policy"
+  added_policy=1
+fi
+trap '[ -z "$added_policy" ] || $sudo rm -f "$policy"' EXIT
+
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "deps: done"

@@ -1,0 +1,100 @@
+local rrpc = require "rrpc"
+
+describe("percent_encode", function()
+  it("keeps only A-Z a-z 0-9 - _ . ~", function()
+    assert.equal("AZaz09-_.~", rrpc.percent_encode("AZaz09-_.~"))
+  end)
+
+  it("encodes space as %20, never +, and * as %2A", function()
+    assert.equal("a%20b%2Ac%2Bd", rrpc.percent_encode("a b*c+d"))
+  end)
+
+  it("encodes UTF-8 bytes one by one in upper-case hex", function()
+    assert.equal("%C3%A9%E4%B8%AD", rrpc.percent_encode("é中"))
+  end)
+
+  it("encodes every byte that is not unreserved as %XY", function()
+    for byte = 0, 255 do
+      local c = string.char(byte)
+      local want = c:match("[A-Za-z0-9%-_.~]") and c or ("%%%02X"):format(byte)
+      assert.equal(want, rrpc.percent_encode(c))
+    end
+  end)
+
+  it("handles the empty string and NUL bytes", function()
+    assert.equal("", rrpc.percent_encode(""))
+    assert.equal("a%00b", rrpc.percent_encode("a\0b"))
+  end)
+
+  it("rejects what is not a string, naming the argument", function()
+    for _, bad in ipairs { 42, true, {}, print } do
+      assert.has_error(function() rrpc.percent_encode(bad) end,
+        ("bad argument #1 to 'percent_encode' (string expected, got %s)"):format(type(bad)))
+    end
+    assert.has_error(function() rrpc.percent_encode() end,
+      "bad argument #1 to 'percent_encode' (string expected, got no value)")
+  end)
+end)
+
+describe("b64encode / b64decode", function()
+  local vectors = { -- RFC 4648, section 10
+    [""] = "", f = "Zg==", fo = "Zm8=", foo = "Zm9v", foob = "Zm9vYg==",
+    fooba = "Zm9vYmE=", foobar = "Zm9vYmFy",
+  }
+
+  it("matches the RFC 4648 vectors both ways", function()
+    for plain, encoded in pairs(vectors) do
+      assert.equal(encoded, rrpc.b64encode(plain))
+      assert.equal(plain, rrpc.b64decode(encoded))
+    end
+  end)
+
+  it("round-trips every byte value, NULs included", function()
+    local all = {}
+    for byte = 0, 255 do all[#all + 1] = string.char(byte) end
+    local bytes = table.concat(all)
+    assert.equal(bytes, rrpc.b64decode(rrpc.b64encode(bytes)))
+  end)
+
+  it("round-trips lengths around its internal chunk sizes and 256 KB of random bytes", function()
+    math.randomseed(7)
+    for _, n in ipairs { 1, 2, 3, 12287, 12288, 12289, 12290, 16383, 16384, 16385, 262144 } do
+      local t = {}
+      for i = 1, n do t[i] = string.char(math.random(0, 255)) end
+      local bytes = table.concat(t)
+      local encoded = rrpc.b64encode(bytes)
+      assert.equal(4 * math.ceil(n / 3), #encoded)
+      assert.is_nil(encoded:find("[^A-Za-z0-9+/=]"))
+      assert.equal(bytes, rrpc.b64decode(encoded), "length " .. n)
+    end
+  end)
+
+  it("is strict: rejects malformed input with nil and a reason", function()
+    local bad = {
+      ["Zg="] = "length is not a multiple of 4",
+      ["Zm9"] = "length is not a multiple of 4",
+      ["Zm9v\n"] = "length is not a multiple of 4",
+      [" Zm9"] = "character outside the Base64 alphabet",
+      ["Zm-v"] = "character outside the Base64 alphabet",   -- URL-safe alphabet
+      ["Zm_v"] = "character outside the Base64 alphabet",
+      ["Zm9\0"] = "character outside the Base64 alphabet",
+      ["=Zm9"] = "padding before the end",
+      ["Zm=v"] = "padding before the end",
+      ["Z==="] = "padding before the end",
+      ["Zh=="] = "non-zero bits in padding",               -- not the canonical "Zg=="
+      ["Zm9=" ] = "non-zero bits in padding",
+    }
+    for input, reason in pairs(bad) do
+      local bytes, err = rrpc.b64decode(input)
+      assert.is_nil(bytes, input)
+      assert.equal("invalid Base64: " .. reason, err, input)
+    end
+  end)
+
+  it("rejects what is not a string, naming the argument", function()
+    assert.has_error(function() rrpc.b64encode(nil) end,
+      "bad argument #1 to 'b64encode' (string expected, got nil)")
+    assert.has_error(function() rrpc.b64decode(12) end,
+      "bad argument #1 to 'b64decode' (string expected, got number)")
+  end)
+end)

@@ -1,0 +1,74 @@
+/* rrpc.core: the bytes and crypto under lua/rrpc.lua. */
+#include <sys/utsname.h>
+#include <curl/curl.h>
+
+#include "rrpc.h"
+
+/* A private lua-cjson instance, so a caller's cjson settings never change our parsing.
+ * Leaves its decode function on the stack. */
+static void push_cjson_decode(lua_State *L)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "new");
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "decode_invalid_numbers"); /* no hex, NaN or Infinity */
+    lua_pushboolean(L, 0);
+    lua_call(L, 1, 0);
+    lua_getfield(L, -1, "decode");
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+}
+
+/* platform() --> os name, machine (for the User-Agent) */
+static int l_platform(lua_State *L)
+{
+    struct utsname u;
+    if (uname(&u) != 0) {
+        lua_pushliteral(L, "unknown");
+        lua_pushliteral(L, "unknown");
+    } else {
+        lua_pushstring(L, u.sysname);
+        lua_pushstring(L, u.machine);
+    }
+    return 2;
+}
+
+int luaopen_rrpc_core(lua_State *L)
+{
+    static int curl_ready = 0;
+    static const luaL_Reg functions[] = {
+        {"percent_encode", l_percent_encode},
+        {"b64encode", l_b64encode},
+        {"b64decode", l_b64decode},
+        {"sign_v1", l_sign_v1},
+        {"sign_v3", l_sign_v3},
+        {"build_request", l_build_request},
+        {"nonce", l_nonce},
+        {"timestamp", l_timestamp},
+        {"session", l_session},
+        {"platform", l_platform},
+        {NULL, NULL},
+    };
+
+    if (!curl_ready) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+            return luaL_error(L, "cannot initialise libcurl");
+        curl_ready = 1;
+    }
+    rrpc_open_session(L);
+
+    lua_newtable(L);
+    luaL_setfuncs(L, functions, 0);
+    push_cjson_decode(L);
+    lua_pushcclosure(L, l_decode_response, 1);
+    lua_setfield(L, -2, "decode_response");
+    lua_pushliteral(L, "rrpc.core");
+    lua_setfield(L, -2, "_NAME");
+    lua_pushliteral(L, RRPC_VERSION);
+    lua_setfield(L, -2, "_VERSION");
+    lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
+    lua_setfield(L, -2, "curl_version");
+    return 1;
+}

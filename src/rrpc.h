@@ -1,0 +1,51 @@
+/* Shared declarations of rrpc.core's C files. */
+#ifndef RRPC_H
+#define RRPC_H
+
+#include <stddef.h>
+#include "compat.h"
+
+#define RRPC_VERSION "0.1.0"
+#define RRPC_SESSION_MT "rrpc.session"
+
+/* A string parameter or header, borrowed from a Lua string kept alive on the stack. */
+struct rrpc_kv {
+    const char *k, *v;
+    size_t kl, vl;
+};
+
+/* Like luaL_checklstring, without turning numbers into strings. */
+static inline const char *rrpc_checkstring(lua_State *L, int i, size_t *n)
+{
+    if (lua_type(L, i) != LUA_TSTRING)
+        luaL_argerror(L, i, lua_pushfstring(L, "string expected, got %s", luaL_typename(L, i)));
+    return lua_tolstring(L, i, n);
+}
+
+/* codec.c */
+void rrpc_percent_encode(luaL_Buffer *b, const char *s, size_t n);
+void rrpc_push_b64encode(lua_State *L, const unsigned char *s, size_t n);
+int rrpc_push_b64decode(lua_State *L, const char *s, size_t n);
+void rrpc_hex(const unsigned char *in, size_t n, char *out);
+void rrpc_sha256_hex(const char *s, size_t n, char out[65]);
+int l_percent_encode(lua_State *L);
+int l_b64encode(lua_State *L);
+int l_b64decode(lua_State *L);
+
+/* sign.c */
+int l_sign_v1(lua_State *L);
+int l_sign_v3(lua_State *L);
+int l_build_request(lua_State *L);
+int l_nonce(lua_State *L);
+int l_timestamp(lua_State *L);
+
+/* http.c */
+void rrpc_open_session(lua_State *L);
+int l_session(lua_State *L);
+
+/* json.c */
+int rrpc_find_member_number(const char *s, size_t n, const char *key,
+                            size_t *start, size_t *len);
+int l_decode_response(lua_State *L);
+
+#endif
