@@ -39,6 +39,8 @@ local function describe(v)
   return type(v) == "string" and ("%q"):format(v) or tostring(v)
 end
 
+local ARTICLE = { string = "a ", number = "a ", integer = "an ", boolean = "a ", table = "a " }
+
 -- spec: name -> "string" | "number" | "integer" | "boolean" | "table"
 local function check_options(fname, opts, spec, level)
   if type(opts) ~= "table" then
@@ -52,7 +54,7 @@ local function check_options(fname, opts, spec, level)
     local ok
     if want == "integer" then ok = is_integer(value) else ok = type(value) == want end
     if not ok then
-      argerror(fname, ("option '%s' must be a %s, got %s"):format(name, want, type(value)), level + 1)
+      argerror(fname, ("option '%s' must be %s, got %s"):format(name, ARTICLE[want] .. want, type(value)), level + 1)
     end
   end
 end

@@ -3,6 +3,7 @@
  * transfer. */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <curl/curl.h>
 
 #include "rrpc.h"
@@ -283,7 +284,7 @@ static int session_perform(lua_State *L)
     long timeout_ms, status = 0, connects = 0;
     struct curl_slist *list = NULL;
     curl_off_t pretransfer = 0;
-    int lines, i, nlines = 0, is_post = strcmp(method, "POST") == 0;
+    int lines, i, nlines = 0, is_post = strcmp(method, "POST") == 0, has_type = 0;
     double total = 0;
     CURLcode rc;
 
@@ -301,12 +302,17 @@ static int session_perform(lua_State *L)
     while (lua_next(L, 4)) {
         if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
             return luaL_argerror(L, 4, "header names and values must be strings");
+        has_type = has_type || strcasecmp(lua_tostring(L, -2), "Content-Type") == 0;
         lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
         lua_rawseti(L, lines, ++nlines);
         lua_pop(L, 1);
     }
     lua_pushliteral(L, "Expect:"); /* no 100-continue round trip */
     lua_rawseti(L, lines, ++nlines);
+    if (!has_type) { /* libcurl would add an unsigned form Content-Type to every POST */
+        lua_pushliteral(L, "Content-Type:");
+        lua_rawseti(L, lines, ++nlines);
+    }
     for (i = 1; i <= nlines; i++) {
         struct curl_slist *grown;
         lua_rawgeti(L, lines, i);

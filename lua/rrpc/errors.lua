@@ -40,12 +40,16 @@ local DEVICE_MESSAGES = {
 -- Rejected before anything was sent to the device, and worth sending again later.
 local RETRYABLE_CODES = {
   ServiceUnavailable = true,
-  SignatureNonceUsed = true, -- a retry carries a fresh nonce
   ["iot.messagebroker.RateLimit"] = true,
 }
 
 -- Failures inside the platform after it may have forwarded the message.
+-- SignatureNonceUsed is among them: every request of ours draws a fresh nonce, so the
+-- platform has seen this very request before. That happens when libcurl resends a request
+-- whose kept-alive connection closed without an answer, and the first copy may have
+-- been processed.
 local MAYBE_DELIVERED_CODES = {
+  SignatureNonceUsed = true,
   InternalError = true,
   UnknownError = true,
   ["iot.system.SystemException"] = true,

@@ -1,0 +1,94 @@
+-- The API actions the emulator implements, keyed by Action name. Each gets the
+-- merged API parameters and the registry and returns an outcome (reply.lua).
+local devices = require "rrpc_emulator.devices"
+local reply = require "rrpc_emulator.reply"
+
+local reject = reply.reject
+
+-- Business errors come with HTTP 200 and Success:false on the platform.
+local function refuse(code, message)
+  reject(200, code, message)
+end
+
+local function require_params(params, names)
+  for _, name in ipairs(names) do
+    if params[name] == nil then
+      reply.reject_missing(name)
+    end
+  end
+end
+
+local function parse_timeout(text)
+  local timeout_ms = text:find("^%d+$") and tonumber(text)
+  if not timeout_ms or timeout_ms < 1000 or timeout_ms > 8000 then
+    refuse("iot.messagebroker.InvalidTimeoutValue", "The timeout must be an integer from 1000 to 8000 milliseconds.")
+  end
+  return timeout_ms
+end
+
+-- Strict standard Base64: the alphabet, a length that is a multiple of 4 and
+-- "=" padding only at the end.
+local function decode_content(text)
+  if text == "" then
+    refuse("iot.messagebroker.NullMessageContent", "The message content is empty.")
+  end
+  local bytes = #text % 4 == 0 and text:find("^[A-Za-z0-9+/]*=?=?$") and ngx.decode_base64(text)
+  if not bytes then
+    refuse("iot.messagebroker.MessageContentIsNotBase64Encode", "The message content is not Base64-encoded.")
+  end
+  return bytes
+end
+
+-- Products of an instance are only found with its IotInstanceId; products of
+-- the legacy public instance only without one.
+local function find_product(registry, params)
+  local instance_id = params.IotInstanceId
+  if instance_id == "" then
+    instance_id = nil
+  end
+  if instance_id and not registry.instances[instance_id] then
+    refuse("iot.system.InstanceNotFound", "The specified instance does not exist.")
+  end
+  local product = registry.products[params.ProductKey]
+  if not product or product.instance_id ~= instance_id then
+    refuse("iot.prod.NotExistedProduct", "The specified product does not exist.")
+  end
+  return product
+end
+
+local actions = {}
+
+function actions.RRpc(params, registry)
+  require_params(params, { "ProductKey", "DeviceName", "RequestBase64Byte", "Timeout" })
+  local product_key, device_name = params.ProductKey, params.DeviceName
+  local timeout_ms = parse_timeout(params.Timeout)
+  local request = decode_content(params.RequestBase64Byte)
+  local topic = params.Topic
+  if topic and topic ~= "" then
+    local prefix = "/" .. product_key .. "/" .. device_name .. "/user/"
+    if #topic <= #prefix or topic:sub(1, #prefix) ~= prefix then
+      refuse("iot.messagebroker.InvalidFormattedTopicName", "The topic must be /<ProductKey>/<DeviceName>/user/<name>.")
+    end
+  end
+  local device = find_product(registry, params).devices[device_name]
+  if not device then
+    refuse("iot.device.NotExistedDevice", "The specified device does not exist.")
+  end
+  if device.active == false then
+    refuse("iot.device.InactiveDevice", "The specified device is inactive.")
+  end
+  return devices.answer(device, request, timeout_ms)
+end
+
+function actions.Pub(params, registry)
+  require_params(params, { "ProductKey", "TopicFullName", "MessageContent" })
+  decode_content(params.MessageContent)
+  local prefix = "/" .. params.ProductKey .. "/"
+  if params.TopicFullName:sub(1, #prefix) ~= prefix then
+    refuse("iot.messagebroker.InvalidFormattedTopicName", "The topic must start with /<ProductKey>/.")
+  end
+  find_product(registry, params)
+  return reply.json({ Success = true }, "SUCCESS", reply.next_message_id())
+end
+
+return actions

@@ -1,0 +1,120 @@
+-- What the simulated devices do with an RRpc request once the platform has
+-- accepted it: one function per registry `behaviour`.
+local reply = require "rrpc_emulator.reply"
+
+local reject = reply.reject
+
+local devices = {}
+
+devices.transforms = {
+  upper = string.upper,
+  reverse = string.reverse,
+}
+
+-- Behaviours whose answer is a device state, which `error_style` can turn
+-- into the platform's other form (Success:false, Code iot.messagebroker.<STATE>).
+devices.state_behaviours = { slow = true, offline = true, halfconn = true, silent = true }
+
+local STATE_MESSAGES = {
+  OFFLINE = "The device is offline.",
+  HALFCONN = "The device is offline within a heartbeat interval.",
+  TIMEOUT = "The device did not answer within the timeout.",
+  UNKNOWN = "A system error occurred while sending the request to the device.",
+}
+
+local HTML_502 = [[<html>
+<head><title>502 Bad Gateway</title></head>
+<body>
+<center><h1>502 Bad Gateway</h1></center>
+<hr><center>Tengine</center>
+</body>
+</html>
+]]
+
+local function sleep_ms(ms)
+  ngx.sleep(ms / 1000) -- yields to nginx: other requests go on meanwhile
+end
+
+local function success(reply_bytes)
+  return reply.json({
+    Success = true,
+    RrpcCode = "SUCCESS",
+    PayloadBase64Byte = ngx.encode_base64(reply_bytes),
+  }, "SUCCESS", reply.next_message_id())
+end
+
+local function state(device, rrpc_code, with_message_id)
+  if device.error_style then
+    reject(200, "iot.messagebroker." .. rrpc_code, STATE_MESSAGES[rrpc_code])
+  end
+  return reply.json({ Success = true, RrpcCode = rrpc_code }, rrpc_code,
+    with_message_id and reply.next_message_id() or nil)
+end
+
+-- Each behaviour gets (device, request_bytes, timeout_ms) and returns an
+-- outcome or throws a rejection.
+devices.behaviours = {
+  echo = function(_, request)
+    return success(request)
+  end,
+  transform = function(device, request)
+    return success(devices.transforms[device.transform](request))
+  end,
+  slow = function(device, request, timeout_ms)
+    if device.latency_ms >= timeout_ms then
+      sleep_ms(timeout_ms)
+      return state(device, "TIMEOUT", true)
+    end
+    sleep_ms(device.latency_ms)
+    return success(request)
+  end,
+  offline = function(device)
+    return state(device, "OFFLINE", false)
+  end,
+  halfconn = function(device)
+    return state(device, "HALFCONN", true)
+  end,
+  silent = function(device, _, timeout_ms)
+    sleep_ms(timeout_ms)
+    return state(device, "TIMEOUT", true)
+  end,
+  unknown = function(device)
+    return state(device, "UNKNOWN", true)
+  end,
+  throttled = function()
+    reject(400, "Throttling.User", "Request was denied due to user flow control.",
+      { ["x-acs-retry-after"] = "1000" })
+  end,
+  ratelimit = function()
+    reject(200, "iot.messagebroker.RateLimit", "The request rate exceeds the limit.")
+  end,
+  system_error = function()
+    reject(200, "iot.system.SystemException", "A system exception occurred.")
+  end,
+  internal_error = function()
+    reject(500, "InternalError", "The request processing has failed due to some unknown error.")
+  end,
+  unavailable = function()
+    reject(503, "ServiceUnavailable", "The request has failed due to a temporary failure of the server.")
+  end,
+  html502 = function()
+    return reply.html(502, HTML_502, "html502")
+  end,
+  reset = function()
+    return reply.close("reset")
+  end,
+  hang = function(_, _, timeout_ms)
+    -- Longer than any sane client timeout; the client is expected to give up first.
+    sleep_ms(timeout_ms + 60000)
+    return reply.close("hang")
+  end,
+  bad_json = function()
+    return reply.truncated_json("bad_json")
+  end,
+}
+
+function devices.answer(device, request, timeout_ms)
+  return devices.behaviours[device.behaviour](device, request, timeout_ms)
+end
+
+return devices

@@ -1,0 +1,116 @@
+-- Entry points called from nginx.conf: start-up, the API at "/", the health
+-- check and the 404 for every other path.
+local ngx_process = require "ngx.process"
+local actions = require "rrpc_emulator.actions"
+local auth = require "rrpc_emulator.auth"
+local registry_loader = require "rrpc_emulator.registry"
+local reply = require "rrpc_emulator.reply"
+
+local reject = reply.reject
+
+local handler = {}
+
+local registry
+
+-- Runs in init_by_lua (the master process): a bad registry stops nginx.
+function handler.init(devices_path)
+  registry = registry_loader.load(devices_path)
+end
+
+-- Adds decoded arguments to `params`; a name given twice is refused rather
+-- than guessed at, since client and server could sign different values.
+local function add_args(params, args)
+  for name, value in pairs(args) do
+    if type(value) == "table" or params[name] ~= nil then
+      reject(400, "InvalidParameter", "The parameter " .. reply.printable(name) .. " is given more than once.")
+    end
+    params[name] = value == true and "" or value -- a bare "name" means an empty value
+  end
+  return params
+end
+
+local function is_form(content_type)
+  return content_type ~= nil and content_type:lower():find("^%s*application/x%-www%-form%-urlencoded") ~= nil
+end
+
+-- {method, query (URI args), params (URI + form args), headers (lower-case
+-- names), body (raw bytes)}.
+local function read_request()
+  local method = ngx.req.get_method()
+  if method ~= "GET" and method ~= "POST" then
+    reject(403, "UnsupportedHTTPMethod", "This http method is not supported.")
+  end
+  ngx.req.read_body()
+  -- client_body_buffer_size equals client_max_body_size, so bodies stay in memory.
+  local body = ngx.req.get_body_data()
+  if not body and ngx.req.get_body_file() then
+    error("request body was buffered to a file")
+  end
+  local query = add_args({}, ngx.req.get_uri_args(0))
+  local params = add_args({}, query)
+  if method == "POST" and is_form(ngx.var.content_type) then
+    add_args(params, assert(ngx.req.get_post_args(0)))
+  end
+  return {
+    method = method,
+    query = query,
+    params = params,
+    headers = ngx.req.get_headers(0),
+    body = body or "",
+  }
+end
+
+-- Sets an access-log field ($rrpc_<field>) right away, so that it shows even
+-- when the client gives up on a sleeping handler.
+local function note(field, value)
+  if type(value) == "string" and value ~= "" then
+    ngx.var["rrpc_" .. field] = reply.printable(value)
+  end
+end
+
+local function process_api()
+  local request = read_request()
+  note("pk", request.params.ProductKey)
+  note("dn", request.params.DeviceName)
+  local action = auth.authenticate(request, registry, actions, note)
+  return actions[action](request.params, registry)
+end
+
+local function reject_unknown_path()
+  reject(404, "InvalidAction.NotFound", "Specified api is not found, please check your url and method.")
+end
+
+-- Turns a thrown error into an outcome: rejections as they are, anything else
+-- (an emulator bug) into a logged InternalError rather than nginx's HTML 500.
+local function outcome_of_error(err)
+  if reply.is_rejection(err) then
+    return reply.from_rejection(err)
+  end
+  ngx.log(ngx.ERR, debug.traceback(tostring(err), 2))
+  return reply.from_rejection({ status = 500, code = "InternalError", message = "The emulator failed: see its error log." })
+end
+
+local function serve(respond)
+  local request_id = reply.request_id()
+  local _, outcome = xpcall(respond, outcome_of_error)
+  ngx.var.rrpc_code = outcome.code
+  return reply.send(outcome, request_id)
+end
+
+function handler.api()
+  return serve(process_api)
+end
+
+function handler.unknown_path()
+  return serve(reject_unknown_path)
+end
+
+-- The master PID lets a test harness tell its own emulator from another one
+-- that already listens on the port it tried.
+function handler.health()
+  ngx.header["Content-Type"] = "text/plain"
+  ngx.header["x-emulator-pid"] = ngx_process.get_master_pid()
+  ngx.print("ok")
+end
+
+return handler

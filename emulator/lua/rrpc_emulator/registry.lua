@@ -1,0 +1,169 @@
+-- The registry of access keys, instances, products and devices (--devices FILE).
+-- Loaded and checked once when nginx starts: any problem stops start-up with a
+-- message naming the file and the offending entry.
+local cjson = require "cjson.safe"
+local devices = require "rrpc_emulator.devices"
+
+local registry = {}
+
+local function problem(path, where, what)
+  error(string.format("%s: %s: %s", path, where, what), 0)
+end
+
+local function is_object(value)
+  if type(value) ~= "table" then
+    return false
+  end
+  for key in pairs(value) do
+    if type(key) ~= "string" then
+      return false
+    end
+  end
+  return true
+end
+
+local function is_array(value)
+  if type(value) ~= "table" then
+    return false
+  end
+  local count = 0
+  for _ in pairs(value) do
+    count = count + 1
+  end
+  return count == #value
+end
+
+local function is_integer(value)
+  return type(value) == "number" and value == math.floor(value)
+end
+
+-- Checks `object` against `fields` (name -> {check, description, required})
+-- and rejects unknown names, so a typo in the file is reported, not ignored.
+local function check_fields(path, where, object, fields)
+  if not is_object(object) then
+    problem(path, where, "must be a JSON object")
+  end
+  for name, value in pairs(object) do
+    local field = fields[name]
+    if not field then
+      problem(path, where .. "." .. name, "unknown field")
+    end
+    if not field.check(value) then
+      problem(path, where .. "." .. name, "must be " .. field.description)
+    end
+  end
+  for name, field in pairs(fields) do
+    if field.required and object[name] == nil then
+      problem(path, where .. "." .. name, "is required")
+    end
+  end
+end
+
+local function non_empty_string(value)
+  return type(value) == "string" and value ~= ""
+end
+
+local function boolean(value)
+  return type(value) == "boolean"
+end
+
+local function one_of(set)
+  return function(value)
+    return set[value] ~= nil
+  end
+end
+
+local function names_of(set)
+  local names = {}
+  for name in pairs(set) do
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  return table.concat(names, ", ")
+end
+
+local TOP_FIELDS = {
+  access_keys = { check = is_object, description = "an object", required = true },
+  instances = { check = is_array, description = "an array of instance ids" },
+  products = { check = is_object, description = "an object", required = true },
+}
+
+local ACCESS_KEY_FIELDS = {
+  secret = { check = non_empty_string, description = "a non-empty string", required = true },
+  inactive = { check = boolean, description = "true or false" },
+  clock_offset_s = { check = is_integer, description = "an integer (seconds)" },
+}
+
+local PRODUCT_FIELDS = {
+  instance_id = { check = non_empty_string, description = "a non-empty string" },
+  devices = { check = is_object, description = "an object", required = true },
+}
+
+local DEVICE_FIELDS = {
+  behaviour = {
+    check = one_of(devices.behaviours),
+    description = "one of " .. names_of(devices.behaviours),
+    required = true,
+  },
+  transform = { check = one_of(devices.transforms), description = "one of " .. names_of(devices.transforms) },
+  latency_ms = {
+    check = function(value) return is_integer(value) and value >= 0 end,
+    description = "a non-negative integer",
+  },
+  error_style = { check = boolean, description = "true or false" },
+  active = { check = boolean, description = "true or false" },
+}
+
+local function check_device(path, where, device)
+  check_fields(path, where, device, DEVICE_FIELDS)
+  local behaviour = device.behaviour
+  if (behaviour == "transform") ~= (device.transform ~= nil) then
+    problem(path, where .. ".transform", 'is required with behaviour "transform" and only there')
+  end
+  if (behaviour == "slow") ~= (device.latency_ms ~= nil) then
+    problem(path, where .. ".latency_ms", 'is required with behaviour "slow" and only there')
+  end
+  if device.error_style ~= nil and not devices.state_behaviours[behaviour] then
+    problem(path, where .. ".error_style", "only applies to behaviours " .. names_of(devices.state_behaviours))
+  end
+end
+
+-- Returns { access_keys = {id -> key}, instances = {id -> true}, products = {key -> product} }.
+function registry.load(path)
+  local file, open_err = io.open(path, "rb")
+  if not file then
+    problem(path, "cannot open", open_err)
+  end
+  local text = file:read("*a")
+  file:close()
+  local data, decode_err = cjson.decode(text)
+  if data == nil then
+    problem(path, "invalid JSON", decode_err)
+  end
+
+  check_fields(path, "(top level)", data, TOP_FIELDS)
+  for id, key in pairs(data.access_keys) do
+    check_fields(path, "access_keys." .. id, key, ACCESS_KEY_FIELDS)
+  end
+  local instances = {}
+  for i, id in ipairs(data.instances or {}) do
+    if not non_empty_string(id) then
+      problem(path, "instances[" .. i .. "]", "must be a non-empty string")
+    end
+    instances[id] = true
+  end
+  for product_key, product in pairs(data.products) do
+    local where = "products." .. product_key
+    check_fields(path, where, product, PRODUCT_FIELDS)
+    if product.instance_id and not instances[product.instance_id] then
+      problem(path, where .. ".instance_id", "is not listed in instances")
+    end
+    for device_name, device in pairs(product.devices) do
+      check_device(path, where .. ".devices." .. device_name, device)
+    end
+  end
+
+  return { access_keys = data.access_keys, instances = instances, products = data.products }
+end
+
+return registry

@@ -1,0 +1,113 @@
+-- Responses: outcomes built by the handlers, rejections thrown as errors, and
+-- the code that writes either to the client the way the platform does.
+local cjson = require "cjson"
+local ffi = require "ffi"
+local crypto = require "rrpc_emulator.crypto"
+
+local JSON_TYPE = "application/json;charset=utf-8"
+local EPOCH_2010_MS = 1262304000000
+
+local reply = {}
+
+local Rejection = {}
+
+-- Stops the request with an error body {Success:false, Code, Message, ErrorMessage}.
+-- `headers` (optional) are extra response headers.
+function reply.reject(status, code, message, headers)
+  error(setmetatable({ status = status, code = code, message = message, headers = headers }, Rejection), 0)
+end
+
+function reply.is_rejection(value)
+  return getmetatable(value) == Rejection
+end
+
+function reply.reject_missing(name)
+  reply.reject(400, "Missing" .. name, 'The input parameter "' .. name
+    .. '" that is mandatory for processing this request is not supplied.')
+end
+
+-- Printable ASCII only, at most 64 bytes: for echoing client input into
+-- messages and access-log fields.
+function reply.printable(text)
+  local clean = text:sub(1, 64):gsub("[^\33-\126]", "?")
+  return clean
+end
+
+function reply.request_id()
+  local hex = crypto.to_hex(crypto.random_bytes(16)):upper()
+  return table.concat({ hex:sub(1, 8), hex:sub(9, 12), hex:sub(13, 16), hex:sub(17, 20), hex:sub(21) }, "-")
+end
+
+-- MessageIds look like the platform's snowflake ids: milliseconds since 2010
+-- shifted left by 22 bits (about 2e18, far above 2^53, so a double cannot
+-- hold them), plus a counter shared by all workers so none repeats. The base is
+-- computed once when nginx loads this module.
+local message_id_base = ffi.new("uint64_t", math.floor(ngx.now() * 1000) - EPOCH_2010_MS) * 4194304
+
+function reply.next_message_id()
+  local sequence = assert(ngx.shared.rrpc_emulator:incr("message_sequence", 1, 0))
+  return tostring(message_id_base + sequence):match("^%d+")
+end
+
+-- Outcomes. `code` is what the access log shows in code=.
+
+function reply.json(fields, code, message_id)
+  return { status = 200, fields = fields, code = code, message_id = message_id }
+end
+
+function reply.html(status, body, code)
+  return { status = status, html = body, code = code }
+end
+
+function reply.truncated_json(code)
+  return { status = 200, truncated = true, code = code }
+end
+
+function reply.close(code)
+  return { close = true, code = code }
+end
+
+function reply.from_rejection(rejection)
+  return {
+    status = rejection.status,
+    headers = rejection.headers,
+    code = rejection.code,
+    fields = {
+      Success = false,
+      Code = rejection.code,
+      Message = rejection.message,
+      ErrorMessage = rejection.message,
+    },
+  }
+end
+
+function reply.send(outcome, request_id)
+  if outcome.close then
+    return ngx.exit(444) -- nginx's code for closing the connection without a response
+  end
+  ngx.status = outcome.status
+  if outcome.html then
+    ngx.header["Content-Type"] = "text/html"
+    ngx.print(outcome.html)
+    return
+  end
+  ngx.header["Content-Type"] = JSON_TYPE
+  ngx.header["x-acs-request-id"] = request_id
+  for name, value in pairs(outcome.headers or {}) do
+    ngx.header[name] = value
+  end
+  local body
+  if outcome.truncated then
+    body = '{"RequestId":"' .. request_id .. '","Success":tr'
+  else
+    outcome.fields.RequestId = request_id
+    body = cjson.encode(outcome.fields)
+    if outcome.message_id then
+      -- Spliced in as text: cjson would encode the number as a rounded double.
+      body = '{"MessageId":' .. outcome.message_id .. "," .. body:sub(2)
+    end
+  end
+  ngx.print(body)
+end
+
+return reply
