@@ -26,8 +26,8 @@ function reply.reject_missing(name)
     .. '" that is mandatory for processing this request is not supplied.')
 end
 
--- Printable ASCII only, at most 64 bytes: for echoing client input into
--- messages and access-log fields.
+-- Visible ASCII only (anything else, space included, becomes "?"), at most
+-- 64 bytes: for echoing client input into messages and access-log fields.
 function reply.printable(text)
   local clean = text:sub(1, 64):gsub("[^\33-\126]", "?")
   return clean
