@@ -4,19 +4,45 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-port=${PORT:-18080}
 work=$(mktemp -d)
-emulator/run --port "$port" --log "$work/access.log" 2>"$work/emulator.log" &
-emulator_pid=$!
-trap 'kill "$emulator_pid" 2>/dev/null; wait "$emulator_pid" 2>/dev/null; rm -rf "$work"' EXIT
+emulator_pid=
+stop() {
+  if [ -n "$emulator_pid" ]; then
+    kill "$emulator_pid" 2>/dev/null || true
+    wait "$emulator_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap stop EXIT
 
-for _ in $(seq 100); do
-  curl -fsS "http://127.0.0.1:$port/__emulator/health" >/dev/null 2>&1 && break
-  kill -0 "$emulator_pid" 2>/dev/null || { cat "$work/emulator.log" >&2; exit 1; }
-  sleep 0.1
+# Starts the emulator on port $1; succeeds once it answers its health check as itself.
+start_emulator() {
+  emulator/run --port "$1" --log "$work/access.log" 2>"$work/emulator.log" &
+  emulator_pid=$!
+  for _ in $(seq 50); do
+    kill -0 "$emulator_pid" 2>/dev/null || { emulator_pid=; return 1; }
+    curl -fsS -D - -o /dev/null "http://127.0.0.1:$1/__emulator/health" 2>/dev/null |
+      grep -qi "^x-emulator-pid: $emulator_pid" && return 0
+    sleep 0.1
+  done
+  kill "$emulator_pid"
+  wait "$emulator_pid" 2>/dev/null || true
+  emulator_pid=
+  return 1
+}
+
+first_port=${PORT:-18080}
+port=$first_port
+until start_emulator "$port"; do
+  port=$((port + 1))
+  if [ "$port" -ge $((first_port + 20)) ]; then
+    cat "$work/emulator.log" >&2
+    echo "demo: the emulator found no free port in $first_port..$((port - 1))" >&2
+    exit 1
+  fi
 done
 
-echo "emulator on http://127.0.0.1:$port; calling device a1RRpcDemo/echo"
+echo "emulator: http://127.0.0.1:$port (pid $emulator_pid); calling device a1RRpcDemo/echo"
 RRPC_ENDPOINT="http://127.0.0.1:$port" \
 ALIBABA_CLOUD_ACCESS_KEY_ID=LTAI5tRRpcDemoKey \
 ALIBABA_CLOUD_ACCESS_KEY_SECRET=RRpcDemoSecretNotForProduction \
