@@ -26,13 +26,19 @@ build = {
   type = "builtin",
   modules = {
     ["rrpc.core"] = {
-      sources = { "src/codec.c", "src/core.c", "src/http.c", "src/json.c", "src/sign.c" },
+      sources = { "src/codec.c", "src/core.c", "src/http.c", "src/json.c", "src/pool.c", "src/sign.c",
+                  "src/transfer.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
       libraries = { "curl", "crypto" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
     },
     ["rrpc"] = "lua/rrpc.lua",
+    ["rrpc.args"] = "lua/rrpc/args.lua",
+    ["rrpc.batch"] = "lua/rrpc/batch.lua",
+    ["rrpc.client"] = "lua/rrpc/client.lua",
     ["rrpc.errors"] = "lua/rrpc/errors.lua",
+    ["rrpc.limiter"] = "lua/rrpc/limiter.lua",
+    ["rrpc.retry"] = "lua/rrpc/retry.lua",
   },
 }

@@ -1,4 +1,6 @@
 /* rrpc.core: the bytes and crypto under lua/rrpc.lua. */
+#include <errno.h>
+#include <time.h>
 #include <sys/utsname.h>
 #include <curl/curl.h>
 
@@ -35,6 +37,28 @@ static int l_platform(lua_State *L)
     return 2;
 }
 
+/* monotime() --> seconds of a clock that never jumps (for deadlines and rate limits) */
+static int l_monotime(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+/* sleep(ms): for retry backoff between synchronous calls */
+static int l_sleep(lua_State *L)
+{
+    lua_Number ms = luaL_checknumber(L, 1);
+    struct timespec ts;
+    luaL_argcheck(L, ms >= 0 && ms <= 3600000, 1, "milliseconds in 0..3600000 expected");
+    ts.tv_sec = (time_t)(ms / 1000);
+    ts.tv_nsec = (long)((ms - (lua_Number)ts.tv_sec * 1000) * 1e6);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    return 0;
+}
+
 int luaopen_rrpc_core(lua_State *L)
 {
     static int curl_ready = 0;
@@ -48,7 +72,10 @@ int luaopen_rrpc_core(lua_State *L)
         {"nonce", l_nonce},
         {"timestamp", l_timestamp},
         {"session", l_session},
+        {"pool", l_pool},
         {"platform", l_platform},
+        {"monotime", l_monotime},
+        {"sleep", l_sleep},
         {NULL, NULL},
     };
 
@@ -58,6 +85,7 @@ int luaopen_rrpc_core(lua_State *L)
         curl_ready = 1;
     }
     rrpc_open_session(L);
+    rrpc_open_pool(L);
 
     lua_newtable(L);
     luaL_setfuncs(L, functions, 0);

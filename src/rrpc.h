@@ -7,6 +7,7 @@
 
 #define RRPC_VERSION "0.1.0"
 #define RRPC_SESSION_MT "rrpc.session"
+#define RRPC_POOL_MT "rrpc.pool"
 
 /* A string parameter or header, borrowed from a Lua string kept alive on the stack. */
 struct rrpc_kv {
@@ -42,6 +43,10 @@ int l_timestamp(lua_State *L);
 /* http.c */
 void rrpc_open_session(lua_State *L);
 int l_session(lua_State *L);
+
+/* pool.c */
+void rrpc_open_pool(lua_State *L);
+int l_pool(lua_State *L);
 
 /* json.c */
 int rrpc_find_member_number(const char *s, size_t n, const char *key,

@@ -1,0 +1,300 @@
+-- Many RRpc calls from one client: up to `concurrency` in flight on the client's pool of
+-- kept-alive connections (libcurl multi), at most `qps` per second, retried by a policy,
+-- ended by an optional deadline. rrpc.each streams outcomes as they complete; rrpc.batch
+-- collects them in input order. Every request read is accounted for exactly once.
+local core = require "rrpc.core"
+local args = require "rrpc.args"
+local client = require "rrpc.client"
+local errors = require "rrpc.errors"
+local limiter = require "rrpc.limiter"
+local retry = require "rrpc.retry"
+
+local batch = {}
+
+local OPTIONS = {
+  concurrency = "integer", qps = "integer", burst = "integer", retry = "any",
+  deadline_ms = "integer", on_progress = "function", defaults = "table",
+}
+local DEFAULT_CONCURRENCY = 100
+local DEFAULT_QPS = 1000          -- the account's RRpc quota
+local PROGRESS_INTERVAL = 0.1     -- seconds between on_progress calls
+local MAX_WAIT_MS = 1000          -- the scheduler looks at the clock at least this often
+
+local Run = {}
+Run.__index = Run
+
+local function source_of(fname, requests, level)
+  if type(requests) == "table" then
+    local i, n = 0, #requests
+    return function()
+      if i < n then
+        i = i + 1
+        return requests[i]
+      end
+    end, n
+  elseif type(requests) == "function" then
+    return requests, nil
+  end
+  error(("bad argument #2 to '%s' (array of requests or iterator function expected, got %s)"):format(
+    fname, type(requests)), level + 1)
+end
+
+local function start(c, requests, opts, fname, level)
+  local p = client.open_state(c, fname, level + 1)
+  local next_request, total = source_of(fname, requests, level + 1)
+  opts = opts or {}
+  args.check_options(fname, opts, OPTIONS, level + 1)
+  args.check_range(fname, opts, "concurrency", 1, 100000, level + 1)
+  args.check_range(fname, opts, "qps", 1, 1000000, level + 1)
+  args.check_range(fname, opts, "burst", 1, opts.qps or DEFAULT_QPS, level + 1)
+  args.check_range(fname, opts, "deadline_ms", 1, 2^31, level + 1)
+  local policy = opts.retry
+  if policy == nil then
+    policy = retry.default
+  elseif policy == false then
+    policy = nil
+  elseif not retry.is_policy(policy) then
+    args.error(fname, "option 'retry' must be a policy (rrpc.retry.new{...}) or false", level + 1)
+  end
+  local qps = opts.qps or DEFAULT_QPS
+  local concurrency = opts.concurrency or DEFAULT_CONCURRENCY
+  if p.pool and p.pool:count() > 0 then -- calls left behind by an abandoned stream
+    p.pool:close()
+    p.pool = nil
+  end
+  local now = core.monotime()
+  return setmetatable({
+    client = c, p = p, pool = client.pool(p, concurrency), fname = fname,
+    next_request = next_request, total = total, read = 0, exhausted = false,
+    defaults = opts.defaults, policy = policy, concurrency = concurrency,
+    limiter = limiter.new(qps, opts.burst or math.max(1, math.floor(qps / 10)), now),
+    deadline = opts.deadline_ms and now + opts.deadline_ms / 1000,
+    on_progress = opts.on_progress, last_progress = now, started = now,
+    in_flight = {}, in_flight_count = 0, waiting = {}, held = nil, next_token = 0,
+    outcomes = {}, first_outcome = 1, last_outcome = 0,
+    stats = { done = 0, ok = 0, failed = 0, attempts = 0, retried = 0, by_kind = {}, by_code = {} },
+  }, Run)
+end
+
+function Run:record(index, res, err, attempts)
+  local outcome = res or err
+  outcome.attempts = attempts
+  local s = self.stats
+  s.done = s.done + 1
+  s.attempts = s.attempts + attempts
+  local code
+  if res then
+    s.ok = s.ok + 1
+    code = res.rrpc_code
+  else
+    s.failed = s.failed + 1
+    s.by_kind[err.kind] = (s.by_kind[err.kind] or 0) + 1
+    code = err.rrpc_code or err.code
+  end
+  s.by_code[code] = (s.by_code[code] or 0) + 1
+  self.last_outcome = self.last_outcome + 1
+  self.outcomes[self.last_outcome] = { index, res, err }
+end
+
+-- "file:12: bad argument #1 to 'batch' (option 'x' ...)" -> "request #7: option 'x' ..."
+local function request_problem(index, message)
+  message = tostring(message):gsub("^[^:]*:%d+: ", "")
+  return ("request #%d: %s"):format(index, message:match("^bad argument #1 to '[^']*' %((.*)%)$") or message)
+end
+
+-- Reads the next request; a malformed one becomes an "invalid" outcome right away.
+function Run:read_next()
+  while true do
+    local request = self.next_request()
+    if request == nil then
+      self.exhausted = true
+      self.total = self.read
+      return nil
+    end
+    self.read = self.read + 1
+    if self.defaults and type(request) == "table" then
+      local merged = {}
+      for k, v in pairs(self.defaults) do merged[k] = v end
+      for k, v in pairs(request) do merged[k] = v end
+      request = merged
+    end
+    local ok, call = pcall(client.prepare_rrpc, self.client, self.fname, request, self.policy, 1)
+    if ok then
+      return { index = self.read, call = call, attempts = 0 }
+    end
+    self:record(self.read, nil, errors.new { kind = "invalid", code = "InvalidArgument",
+      message = request_problem(self.read, call), delivered = "no" }, 0)
+  end
+end
+
+function Run:send(entry)
+  entry.attempts = entry.attempts + 1
+  local url, headers, body = client.sign(self.client, self.p, entry.call)
+  self.next_token = self.next_token + 1
+  self.pool:add(self.next_token, "POST", url, headers, body, entry.call.http_timeout)
+  self.in_flight[self.next_token] = entry
+  self.in_flight_count = self.in_flight_count + 1
+end
+
+-- Starts calls while there is room, work and quota; returns seconds until the limiter
+-- allows the next one, or nil.
+function Run:fill(now)
+  while self.in_flight_count < self.concurrency do
+    local entry = self.held
+    self.held = nil
+    if not entry and self.waiting[1] and self.waiting[1].due <= now then
+      entry = table.remove(self.waiting, 1)
+    end
+    if not entry and not self.exhausted then
+      entry = self:read_next()
+    end
+    if not entry then return nil end
+    local wait = self.limiter:take(now)
+    if wait > 0 then
+      self.held = entry
+      return wait
+    end
+    self:send(entry)
+  end
+end
+
+local function insert_by_due(list, entry)
+  local i = #list
+  while i > 0 and list[i].due > entry.due do i = i - 1 end
+  table.insert(list, i + 1, entry)
+end
+
+function Run:complete(c, now)
+  local entry = self.in_flight[c.token]
+  self.in_flight[c.token] = nil
+  self.in_flight_count = self.in_flight_count - 1
+  local res, err
+  if c.status then
+    res, err = client.interpret(self.p, entry.call, c.status, c.headers, c.body)
+  else
+    err = errors.network(c.code, c.message, c.sent)
+  end
+  if err and entry.call.retry then
+    local delay = entry.call.retry:delay(err, entry.attempts)
+    if delay and not (self.deadline and now + delay / 1000 >= self.deadline) then
+      entry.due, entry.err = now + delay / 1000, err
+      insert_by_due(self.waiting, entry)
+      self.stats.retried = self.stats.retried + 1
+      return
+    end
+  end
+  self:record(entry.index, res, err, entry.attempts)
+end
+
+local function deadline_error(delivered)
+  return errors.new { kind = "deadline", code = "DeadlineExceeded", delivered = delivered,
+    retryable = delivered == "no",
+    message = delivered == "no" and "not sent before the batch's deadline"
+              or "still in flight at the batch's deadline" }
+end
+
+-- At the deadline every request read is settled: calls in flight are dropped (they may
+-- have been delivered), calls waiting for a retry keep their last error, the rest of an
+-- array is refused without sending.
+function Run:expire()
+  for token, entry in pairs(self.in_flight) do
+    self.pool:cancel(token)
+    self:record(entry.index, nil, deadline_error("maybe"), entry.attempts)
+  end
+  self.in_flight, self.in_flight_count = {}, 0
+  if self.held then
+    local held = self.held
+    self:record(held.index, nil, held.err or deadline_error("no"), held.attempts)
+    self.held = nil
+  end
+  for _, entry in ipairs(self.waiting) do
+    self:record(entry.index, nil, entry.err, entry.attempts)
+  end
+  self.waiting = {}
+  if not self.exhausted and self.total then
+    while self.next_request() ~= nil do
+      self.read = self.read + 1
+      self:record(self.read, nil, deadline_error("no"), 0)
+    end
+  end
+  self.exhausted = true
+  self.total = self.read
+end
+
+function Run:finished()
+  return self.exhausted and self.in_flight_count == 0 and not self.held and #self.waiting == 0
+end
+
+function Run:progress(now, final)
+  if self.on_progress and (final or now - self.last_progress >= PROGRESS_INTERVAL) then
+    self.last_progress = now
+    self.on_progress(self.stats.done, self.total, self.stats)
+  end
+end
+
+-- Drives the calls until an outcome is ready; returns index, res, err or nil at the end.
+function Run:next_outcome()
+  while self.first_outcome > self.last_outcome do
+    if self:finished() then
+      if not self.reported_end then
+        self.reported_end = true
+        self:progress(core.monotime(), true)
+      end
+      return nil
+    end
+    local now = core.monotime()
+    if self.deadline and now >= self.deadline then
+      self:expire()
+    else
+      local limit_wait = self:fill(now)
+      if self.first_outcome > self.last_outcome and not self:finished() then
+        local wait = MAX_WAIT_MS / 1000
+        if limit_wait and limit_wait < wait then wait = limit_wait end
+        local retry_at = self.waiting[1] and self.waiting[1].due
+        if retry_at and retry_at - now < wait then wait = retry_at - now end
+        if self.deadline and self.deadline - now < wait then wait = self.deadline - now end
+        local completions = self.pool:run(math.max(1, math.ceil(wait * 1000)))
+        now = core.monotime()
+        for _, c in ipairs(completions) do self:complete(c, now) end
+        self:progress(now)
+      end
+    end
+  end
+  local i = self.first_outcome
+  local outcome = self.outcomes[i]
+  self.outcomes[i] = nil
+  self.first_outcome = i + 1
+  return outcome[1], outcome[2], outcome[3]
+end
+
+-- Leaving a stream early (break) drops the calls still in flight.
+function Run:abort()
+  for token in pairs(self.in_flight) do self.pool:cancel(token) end
+  self.in_flight, self.in_flight_count = {}, 0
+end
+
+function Run:summary()
+  local s = self.stats
+  return { total = s.done, ok = s.ok, failed = s.failed, by_kind = s.by_kind, by_code = s.by_code,
+           attempts = s.attempts, retried = s.retried, seconds = core.monotime() - self.started }
+end
+
+--- rrpc.each(client, requests_or_iterator, opts) --> iterator of index, res, err
+function batch.each(c, requests, opts)
+  local run = start(c, requests, opts, "each", 2)
+  local closer = setmetatable({}, { __close = function() run:abort() end })
+  return function() return run:next_outcome() end, nil, nil, closer
+end
+
+--- rrpc.batch(client, requests, opts) --> results, summary
+-- results[i] = { res = ... } or { err = ... }, in input order.
+function batch.batch(c, requests, opts)
+  local run = start(c, requests, opts, "batch", 2)
+  local results = {}
+  for index, res, err in function() return run:next_outcome() end do
+    results[index] = res and { res = res } or { err = err }
+  end
+  return results, run:summary()
+end
+
+return batch

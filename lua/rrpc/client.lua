@@ -1,0 +1,336 @@
+-- The client: options, secrets, and one call's life (prepare, sign, send, interpret).
+-- rrpc.batch drives the same steps on a pool of connections.
+local core = require "rrpc.core"
+local args = require "rrpc.args"
+local errors = require "rrpc.errors"
+local retry = require "rrpc.retry"
+
+local client = {}
+
+local API_VERSION = "2018-01-20"
+local MAX_PAYLOAD = 256 * 1024 -- the platform's MQTT message limit
+local MIN_TIMEOUT, MAX_TIMEOUT, DEFAULT_TIMEOUT = 1000, 8000, 5000
+local DEFAULT_REQUEST_TIMEOUT = 10000 -- HTTP timeout of client:request, as the Go and Java SDKs
+
+-- Parameters the client sets itself; a caller's copy would break the signature.
+local RESERVED_PARAMS = {
+  AccessKeyId = true, Action = true, Format = true, Signature = true, SignatureMethod = true,
+  SignatureNonce = true, SignatureVersion = true, Timestamp = true, Version = true,
+  SecurityToken = true, RegionId = true,
+}
+
+local NEW_OPTIONS = {
+  access_key_id = "string", access_key_secret = "string", security_token = "string",
+  region = "string", endpoint = "string", iot_instance_id = "string", signature = "string",
+  placement = "string", connect_timeout = "integer", timeout_margin = "integer",
+  idle_timeout = "integer", max_response_bytes = "integer", ca_file = "string",
+  ca_path = "string", user_agent = "string",
+}
+
+client.RRPC_OPTIONS = {
+  product_key = "string", device_name = "string", payload = "string", timeout = "integer",
+  topic = "string", iot_instance_id = "string", retry = "any",
+}
+
+local REQUEST_OPTIONS = { timeout = "integer", retry = "any" }
+
+local Client = {}
+Client.__index = Client
+
+-- Secrets and the libcurl handles stay out of the client table, so neither pairs()
+-- nor tostring() nor a debugging dump can show them.
+local private = setmetatable({}, { __mode = "k" })
+
+local function parse_endpoint(fname, endpoint, level)
+  local scheme, host = endpoint:match("^(https?)://([^/?#%s]+)/?$")
+  if not scheme then
+    args.error(fname, ("option 'endpoint' must look like \"https://host[:port]\", got %s"):format(
+      args.describe(endpoint)), level + 1)
+  end
+  return (endpoint:gsub("/$", "")), host
+end
+
+local function default_user_agent()
+  local os_name, machine = core.platform()
+  return ("AlibabaCloud (%s; %s) Lua/%s rrpc/%s"):format(
+    os_name, machine, (_VERSION:gsub("^Lua ", "")), core._VERSION)
+end
+
+--- client.new{ access_key_id=, access_key_secret=, ... } --> client
+function client.new(opts)
+  args.check_options("new", opts, NEW_OPTIONS, 2)
+  args.check_required("new", opts, "access_key_id", 2)
+  args.check_required("new", opts, "access_key_secret", 2)
+  args.check_choice("new", opts, "signature", { v1 = true, v3 = true }, 2)
+  args.check_choice("new", opts, "placement", { body = true, query = true }, 2)
+  args.check_range("new", opts, "connect_timeout", 1, 600000, 2)
+  args.check_range("new", opts, "timeout_margin", 0, 600000, 2)
+  args.check_range("new", opts, "idle_timeout", 1, 3600, 2)
+  args.check_range("new", opts, "max_response_bytes", 1024, 2^30, 2)
+
+  local region = opts.region or "cn-shanghai"
+  if not region:match("^[a-z]+%-[a-z]+%-?%d*$") then
+    args.error("new", ("option 'region' must look like \"cn-shanghai\", got %s"):format(
+      args.describe(region)), 2)
+  end
+  local endpoint, host = parse_endpoint("new",
+    opts.endpoint or ("https://iot." .. region .. ".aliyuncs.com"), 2)
+  local user_agent = default_user_agent()
+  if opts.user_agent then user_agent = user_agent .. " " .. opts.user_agent end
+
+  local connect_timeout = opts.connect_timeout or 5000
+  local transport = {
+    connect_timeout = connect_timeout,
+    idle_timeout = opts.idle_timeout,
+    max_response_bytes = opts.max_response_bytes,
+    ca_file = opts.ca_file,
+    ca_path = opts.ca_path,
+    user_agent = user_agent,
+  }
+  local self = setmetatable({
+    endpoint = endpoint,
+    host = host,
+    region = region,
+    access_key_id = opts.access_key_id,
+    iot_instance_id = opts.iot_instance_id,
+    signature = opts.signature or "v3",
+    placement = opts.placement or "body",
+    connect_timeout = connect_timeout,
+    timeout_margin = opts.timeout_margin or 2000,
+    user_agent = user_agent,
+  }, Client)
+  private[self] = {
+    secret = opts.access_key_secret,
+    token = opts.security_token,
+    transport = transport,
+    session = core.session(transport),
+  }
+  return self
+end
+
+--- client.open_state(self, fname, level) --> the private state of an open client, or raises
+function client.open_state(self, fname, level)
+  local p = getmetatable(self) == Client and private[self]
+  if not p then
+    error(("bad self to '%s' (use client:%s(...))"):format(fname, fname), level + 1)
+  end
+  if not p.session then
+    error(("attempt to use a closed client in '%s'"):format(fname), level + 1)
+  end
+  return p
+end
+
+local function check_retry(fname, value, default, level)
+  if value == nil then return default end
+  if value == false then return nil end
+  if retry.is_policy(value) then return value end
+  if type(value) == "table" then return retry.new(value) end
+  args.error(fname, "option 'retry' must be a policy (rrpc.retry.new{...}), a table of its options or false, got "
+    .. type(value), level + 1)
+end
+
+local function message_id(doc)
+  local id = doc.MessageId
+  if type(id) == "number" then return ("%.0f"):format(id) end
+  return type(id) == "string" and id or nil
+end
+
+-- The RRpc answer: the device's reply, or its state as an error.
+local function rrpc_outcome(doc)
+  local code = doc.RrpcCode
+  if code == "SUCCESS" then
+    local encoded = type(doc.PayloadBase64Byte) == "string" and doc.PayloadBase64Byte or ""
+    local payload, why = core.b64decode(encoded)
+    if not payload then
+      return nil, errors.new { kind = "http", code = "InvalidResponse", status = 200,
+        message = "reply payload is not Base64 (" .. why .. ")", request_id = doc.RequestId,
+        message_id = message_id(doc), delivered = "maybe" }
+    end
+    return { payload = payload, message_id = message_id(doc), request_id = doc.RequestId,
+             rrpc_code = code }
+  end
+  if type(code) == "string" then
+    return nil, errors.device(code, code, { status = 200, request_id = doc.RequestId,
+                                            message_id = message_id(doc) })
+  end
+  return nil, errors.new { kind = "http", code = "InvalidResponse", status = 200,
+    message = "response has no RrpcCode", request_id = doc.RequestId, delivered = "maybe" }
+end
+
+local function request_outcome(doc)
+  doc.MessageId = message_id(doc)
+  return doc
+end
+
+--- client.prepare_rrpc(self, fname, request, default_retry, level) --> call
+-- Checks a request (the arguments of client:rrpc) and returns what every attempt needs.
+function client.prepare_rrpc(self, fname, request, default_retry, level)
+  args.check_options(fname, request, client.RRPC_OPTIONS, level + 1)
+  args.check_required(fname, request, "product_key", level + 1)
+  args.check_required(fname, request, "device_name", level + 1)
+  if request.payload == nil then args.error(fname, "option 'payload' is required", level + 1) end
+  if #request.payload > MAX_PAYLOAD then
+    args.error(fname, ("option 'payload' is %d bytes, more than the platform's %d"):format(
+      #request.payload, MAX_PAYLOAD), level + 1)
+  end
+  args.check_range(fname, request, "timeout", MIN_TIMEOUT, MAX_TIMEOUT, level + 1)
+  local timeout = request.timeout or DEFAULT_TIMEOUT
+  return {
+    action = "RRpc",
+    params = {
+      ProductKey = request.product_key,
+      DeviceName = request.device_name,
+      RequestBase64Byte = core.b64encode(request.payload),
+      Timeout = timeout,
+      Topic = request.topic,
+      IotInstanceId = request.iot_instance_id or self.iot_instance_id,
+    },
+    -- outlasts the device's Timeout, so a silent device arrives as TIMEOUT
+    http_timeout = self.connect_timeout + timeout + self.timeout_margin,
+    retry = check_retry(fname, request.retry, default_retry, level + 1),
+    outcome = rrpc_outcome,
+  }
+end
+
+--- client.sign(self, p, call) --> url, headers, body: a fresh nonce and timestamp each time
+function client.sign(self, p, call)
+  return core.build_request {
+    endpoint = self.endpoint, host = self.host, action = call.action, version = API_VERSION,
+    params = call.params, access_key_id = self.access_key_id, access_key_secret = p.secret,
+    security_token = p.token, region_id = self.region, signature = self.signature,
+    placement = self.placement,
+  }
+end
+
+local function retry_after_ms(headers)
+  local v = tonumber(headers["x-acs-retry-after"] or "")
+  return v and math.floor(v) or nil
+end
+
+--- client.interpret(p, call, status, headers, body) --> result | nil, err
+function client.interpret(p, call, status, headers, body)
+  local doc, why = core.decode_response(body)
+  local request_id = doc and type(doc.RequestId) == "string" and doc.RequestId
+                     or headers["x-acs-request-id"]
+  if not doc then
+    return nil, errors.http(status, ("HTTP %d with a body that is not the platform's JSON: %s"):format(
+      status, why), request_id)
+  end
+  if type(doc.Code) == "string" and (doc.Success ~= true or status >= 400) then
+    local message = doc.Message or doc.ErrorMessage
+    return nil, errors.api(doc.Code, {
+      status = status,
+      message = type(message) == "string" and message or nil,
+      request_id = request_id,
+      retry_after = retry_after_ms(headers),
+    }, p.secret)
+  end
+  if status ~= 200 or doc.Success == false then
+    return nil, errors.http(status, ("HTTP %d without an error code"):format(status), request_id)
+  end
+  return call.outcome(doc)
+end
+
+-- One attempt on the client's own connection.
+local function attempt(self, p, call)
+  local url, headers, body = client.sign(self, p, call)
+  local status, resp_headers, resp_body, sent = p.session:perform("POST", url, headers, body,
+                                                                  call.http_timeout)
+  if not status then -- nil, curl code name, message, whether the request may have left
+    return nil, errors.network(resp_headers, resp_body, sent)
+  end
+  return client.interpret(p, call, status, resp_headers, resp_body)
+end
+
+-- Attempts until success or the policy says stop; the outcome says how many it took.
+local function perform(self, p, call)
+  local attempts = 0
+  while true do
+    attempts = attempts + 1
+    local res, err = attempt(self, p, call)
+    local delay = err and call.retry and call.retry:delay(err, attempts)
+    if not delay then
+      (res or err).attempts = attempts
+      return res, err
+    end
+    core.sleep(delay)
+  end
+end
+
+--- client:rrpc{ product_key=, device_name=, payload=, timeout=5000, topic=, iot_instance_id=,
+--               retry=nil } --> { payload, message_id, request_id, rrpc_code, attempts } | nil, err
+function Client:rrpc(request)
+  local p = client.open_state(self, "rrpc", 2)
+  return perform(self, p, client.prepare_rrpc(self, "rrpc", request, nil, 2))
+end
+
+--- client:request(action, params, { timeout = ms, retry = nil }) --> decoded response | nil, err
+-- Any Iot action, with the same signing, transport and errors as client:rrpc.
+function Client:request(action, params, opts)
+  local p = client.open_state(self, "request", 2)
+  if type(action) ~= "string" or not action:match("^%a[%w]*$") then
+    error(("bad argument #1 to 'request' (action name expected, got %s)"):format(args.describe(action)), 2)
+  end
+  params = params or {}
+  if type(params) ~= "table" then
+    error("bad argument #2 to 'request' (table expected, got " .. type(params) .. ")", 2)
+  end
+  local copy = {}
+  for name, value in pairs(params) do
+    local t = type(value)
+    if type(name) ~= "string" or RESERVED_PARAMS[name] or
+       (t ~= "string" and t ~= "number" and t ~= "boolean") then
+      error(("bad argument #2 to 'request' (parameter %s: %s)"):format(args.describe(name),
+        RESERVED_PARAMS[name] and "set by the client" or "string, number or boolean value expected"), 2)
+    end
+    copy[name] = value
+  end
+  copy.IotInstanceId = copy.IotInstanceId or self.iot_instance_id
+  opts = opts or {}
+  args.check_options("request", opts, REQUEST_OPTIONS, 2)
+  args.check_range("request", opts, "timeout", 1, 600000, 2)
+  return perform(self, p, {
+    action = action,
+    params = copy,
+    http_timeout = self.connect_timeout + (opts.timeout or DEFAULT_REQUEST_TIMEOUT),
+    retry = check_retry("request", opts.retry, nil, 2),
+    outcome = request_outcome,
+  })
+end
+
+--- client.pool(p, concurrency) --> the client's pool for batches, with room for concurrency
+function client.pool(p, concurrency)
+  if p.pool and p.pool_size < concurrency then
+    p.pool:close()
+    p.pool = nil
+  end
+  if not p.pool then
+    local options = { max_connections = concurrency }
+    for k, v in pairs(p.transport) do options[k] = v end
+    p.pool, p.pool_size = core.pool(options), concurrency
+  end
+  return p.pool
+end
+
+--- client:close() -- frees the connections; idempotent. Also on GC and <close>.
+function Client:close()
+  local p = private[self]
+  if p and p.session then
+    p.session:close()
+    p.session = nil
+    if p.pool then
+      p.pool:close()
+      p.pool = nil
+    end
+  end
+end
+Client.__close = Client.close
+
+function Client:__tostring()
+  local id = self.access_key_id
+  local shown = #id > 8 and (id:sub(1, 4) .. "****" .. id:sub(-3)) or "****"
+  return ("rrpc.client (%s, key %s, %s%s)"):format(self.endpoint, shown, self.signature,
+    private[self] and private[self].session and "" or ", closed")
+end
+
+return client

@@ -1,0 +1,278 @@
+/* A pool: many calls in flight on libcurl's multi interface, sharing its kept-alive
+ * connections. Lua adds calls and collects completions between transfers; no Lua runs
+ * inside one. Finished easy handles are kept for the next calls. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "transfer.h"
+
+#define DEFAULT_MAX_CONNECTIONS 100L
+
+struct pool {
+    CURLM *multi;
+    struct rrpc_options options;
+    struct rrpc_transfer *active; /* in flight, doubly linked */
+    struct rrpc_transfer *idle;   /* ready for reuse, linked by next */
+    long in_flight, idle_count, max_idle;
+};
+
+static struct pool *check_pool(lua_State *L)
+{
+    struct pool *p = luaL_checkudata(L, 1, RRPC_POOL_MT);
+    if (p->multi == NULL)
+        luaL_error(L, "attempt to use a closed rrpc pool");
+    return p;
+}
+
+static void push_idle(struct pool *p, struct rrpc_transfer *t)
+{
+    t->prev = NULL;
+    t->next = p->idle;
+    p->idle = t;
+    p->idle_count++;
+}
+
+static struct rrpc_transfer *pop_idle(struct pool *p)
+{
+    struct rrpc_transfer *t = p->idle;
+    p->idle = t->next;
+    p->idle_count--;
+    return t;
+}
+
+static void link_active(struct pool *p, struct rrpc_transfer *t)
+{
+    t->prev = NULL;
+    t->next = p->active;
+    if (p->active != NULL)
+        p->active->prev = t;
+    p->active = t;
+    p->in_flight++;
+}
+
+static void unlink_active(struct pool *p, struct rrpc_transfer *t)
+{
+    if (t->prev != NULL)
+        t->prev->next = t->next;
+    else
+        p->active = t->next;
+    if (t->next != NULL)
+        t->next->prev = t->prev;
+    p->in_flight--;
+}
+
+static void free_transfer(struct rrpc_transfer *t)
+{
+    rrpc_transfer_close(t);
+    free(t);
+}
+
+/* Takes a transfer out of the flight and keeps it for reuse, or frees it past max_idle. */
+static void retire(struct pool *p, struct rrpc_transfer *t)
+{
+    curl_multi_remove_handle(p->multi, t->easy);
+    rrpc_transfer_done(t);
+    unlink_active(p, t);
+    push_idle(p, t);
+}
+
+static void trim_idle(struct pool *p)
+{
+    while (p->idle_count > p->max_idle)
+        free_transfer(pop_idle(p));
+}
+
+/* pool{ max_connections=100, and the session's options } */
+int l_pool(lua_State *L)
+{
+    struct pool *p;
+    long max_connections;
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    }
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    lua_getfield(L, 1, "max_connections");
+    max_connections = lua_isnil(L, -1) ? DEFAULT_MAX_CONNECTIONS : (long)lua_tointeger(L, -1);
+    luaL_argcheck(L, max_connections >= 1 && max_connections <= 100000, 1,
+                  "field 'max_connections' must be an integer in 1..100000");
+    lua_pop(L, 1);
+
+    p = lua_newuserdatauv(L, sizeof *p, 0);
+    memset(p, 0, sizeof *p);
+    luaL_setmetatable(L, RRPC_POOL_MT);
+    rrpc_options_read(L, 1, &p->options);
+    p->max_idle = max_connections;
+    p->multi = curl_multi_init();
+    if (p->multi == NULL)
+        return luaL_error(L, "cannot create a libcurl multi handle");
+    /* keep as many connections alive as calls may be in flight */
+    curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, max_connections);
+    return 1;
+}
+
+/* pool:add(token, method, url, headers, body, timeout_ms) */
+static int pool_add(lua_State *L)
+{
+    struct pool *p = check_pool(L);
+    lua_Integer token = luaL_checkinteger(L, 2);
+    struct rrpc_transfer *t;
+    lua_settop(L, 7);
+    if (p->idle == NULL) {
+        t = calloc(1, sizeof *t);
+        if (t == NULL)
+            return luaL_error(L, "out of memory");
+        if (!rrpc_transfer_open(t, &p->options)) {
+            free(t);
+            return luaL_error(L, "cannot create a libcurl handle");
+        }
+        push_idle(p, t);
+    }
+    /* t stays on the idle list while prepare may raise, so it is never lost */
+    rrpc_transfer_prepare(L, p->idle, 3, 1);
+    t = pop_idle(p);
+    t->token = token;
+    link_active(p, t);
+    if (curl_multi_add_handle(p->multi, t->easy) != CURLM_OK) {
+        rrpc_transfer_done(t);
+        unlink_active(p, t);
+        push_idle(p, t);
+        return luaL_error(L, "cannot add the call to the libcurl multi handle");
+    }
+    return 0;
+}
+
+/* Moves finished transfers into the results table at `results`; returns how many. */
+static int collect(lua_State *L, struct pool *p, int results, int n)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(p->multi, &left)) != NULL) {
+        struct rrpc_transfer *t = NULL;
+        CURLcode rc = msg->data.result;
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+        retire(p, t); /* owned by the pool before any Lua allocation can raise */
+
+        lua_createtable(L, 0, 5);
+        lua_pushinteger(L, t->token);
+        lua_setfield(L, -2, "token");
+        rrpc_transfer_push_result(L, t, rc);
+        if (lua_isnil(L, -4)) { /* nil, code, message, sent */
+            lua_setfield(L, -5, "sent");
+            lua_setfield(L, -4, "message");
+            lua_setfield(L, -3, "code");
+            lua_pop(L, 1);
+        } else { /* status, headers, body, info */
+            lua_setfield(L, -5, "info");
+            lua_setfield(L, -4, "body");
+            lua_setfield(L, -3, "headers");
+            lua_setfield(L, -2, "status");
+        }
+        lua_rawseti(L, results, ++n);
+    }
+    trim_idle(p);
+    return n;
+}
+
+/* pool:run(wait_ms) --> array of completions, each
+ *   { token=, status=, headers=, body=, info= } or { token=, code=, message=, sent= }
+ * Drives the transfers; waits up to wait_ms when none has finished yet (also when none
+ * is in flight, so it doubles as the batch scheduler's sleep). */
+static int pool_run(lua_State *L)
+{
+    struct pool *p = check_pool(L);
+    lua_Integer wait_ms = luaL_optinteger(L, 2, 0);
+    int running, n;
+    luaL_argcheck(L, wait_ms >= 0 && wait_ms <= 600000, 2, "wait must be in 0..600000 ms");
+    lua_settop(L, 2);
+    lua_newtable(L);
+    curl_multi_perform(p->multi, &running);
+    n = collect(L, p, 3, 0);
+    if (n == 0 && wait_ms > 0) {
+        curl_multi_poll(p->multi, NULL, 0, (int)wait_ms, NULL);
+        curl_multi_perform(p->multi, &running);
+        collect(L, p, 3, n);
+    }
+    return 1;
+}
+
+/* pool:cancel(token) --> true if that call was in flight (it is dropped) */
+static int pool_cancel(lua_State *L)
+{
+    struct pool *p = check_pool(L);
+    lua_Integer token = luaL_checkinteger(L, 2);
+    struct rrpc_transfer *t;
+    for (t = p->active; t != NULL; t = t->next) {
+        if (t->token == token) {
+            retire(p, t);
+            trim_idle(p);
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+    }
+    lua_pushboolean(L, 0);
+    return 1;
+}
+
+static int pool_count(lua_State *L)
+{
+    struct pool *p = check_pool(L);
+    lua_pushinteger(L, p->in_flight);
+    return 1;
+}
+
+/* Each easy handle leaves the multi before it is cleaned up, then the multi goes. */
+static int pool_close(lua_State *L)
+{
+    struct pool *p = luaL_checkudata(L, 1, RRPC_POOL_MT);
+    while (p->active != NULL) {
+        struct rrpc_transfer *t = p->active;
+        curl_multi_remove_handle(p->multi, t->easy);
+        unlink_active(p, t);
+        free_transfer(t);
+    }
+    while (p->idle != NULL)
+        free_transfer(pop_idle(p));
+    if (p->multi != NULL) {
+        curl_multi_cleanup(p->multi);
+        p->multi = NULL;
+    }
+    rrpc_options_free(&p->options);
+    return 0;
+}
+
+static int pool_tostring(lua_State *L)
+{
+    struct pool *p = luaL_checkudata(L, 1, RRPC_POOL_MT);
+    if (p->multi == NULL)
+        lua_pushliteral(L, "rrpc.pool (closed)");
+    else
+        lua_pushfstring(L, "rrpc.pool (%d in flight)", (int)p->in_flight);
+    return 1;
+}
+
+void rrpc_open_pool(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"add", pool_add},
+        {"run", pool_run},
+        {"cancel", pool_cancel},
+        {"count", pool_count},
+        {"close", pool_close},
+        {NULL, NULL},
+    };
+    luaL_newmetatable(L, RRPC_POOL_MT);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, pool_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, pool_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, pool_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+}

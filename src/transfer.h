@@ -1,0 +1,53 @@
+/* One HTTP exchange on a libcurl easy handle, shared by the session (one call at a
+ * time) and the pool (many in flight on the multi interface). */
+#ifndef RRPC_TRANSFER_H
+#define RRPC_TRANSFER_H
+
+#include <curl/curl.h>
+
+#include "rrpc.h"
+
+struct rrpc_buffer {
+    char *data;
+    size_t len, cap;
+};
+
+/* Connection settings, copied out of the Lua options table. */
+struct rrpc_options {
+    long connect_ms, idle_s;
+    size_t max_response;
+    int verify;
+    char *ca_file, *ca_path, *user_agent;
+};
+
+struct rrpc_transfer {
+    CURL *easy;
+    struct curl_slist *headers;
+    struct rrpc_buffer body, head;
+    const struct rrpc_options *options;
+    int too_large;
+    lua_Integer token;           /* the pool's name for this call */
+    struct rrpc_transfer *next;  /* the pool's lists */
+    struct rrpc_transfer *prev;
+    char error[CURL_ERROR_SIZE];
+};
+
+void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o);
+void rrpc_options_free(struct rrpc_options *o);
+
+/* Creates the easy handle; returns 0 when libcurl cannot. */
+int rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_options *o);
+void rrpc_transfer_close(struct rrpc_transfer *t);
+
+/* Reads (method, url, headers, body, timeout_ms) at stack index first..first+4 and sets
+ * the request up. `copy_body`: libcurl keeps its own copy (for transfers that outlive the
+ * Lua call). Raises on bad arguments before anything is allocated. */
+void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int copy_body);
+
+/* After the transfer: frees the request headers, keeps the response for pushing. */
+void rrpc_transfer_done(struct rrpc_transfer *t);
+
+/* Pushes status, headers, body, info -- or nil, code, message, sent. Returns 4. */
+int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc);
+
+#endif
