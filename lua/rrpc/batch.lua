@@ -40,6 +40,9 @@ local function source_of(fname, requests, level)
 end
 
 local function start(c, requests, opts, fname, level)
+  if not client.is_client(c) then
+    error(("bad argument #1 to '%s' (rrpc client expected, got %s)"):format(fname, type(c)), level + 1)
+  end
   local p = client.open_state(c, fname, level + 1)
   local next_request, total = source_of(fname, requests, level + 1)
   opts = opts or {}

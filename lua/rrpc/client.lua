@@ -108,6 +108,10 @@ function client.new(opts)
   return self
 end
 
+function client.is_client(value)
+  return getmetatable(value) == Client
+end
+
 --- client.open_state(self, fname, level) --> the private state of an open client, or raises
 function client.open_state(self, fname, level)
   local p = getmetatable(self) == Client and private[self]
