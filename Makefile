@@ -25,7 +25,7 @@ SOURCES := $(wildcard src/*.c)
 HEADERS := $(wildcard src/*.h)
 CORE    := $(BUILD)/rrpc/core.so
 
-.PHONY: all build deps test demo emulator install uninstall clean
+.PHONY: all build deps test demo bench emulator install uninstall clean
 
 all: build
 build: $(CORE)
@@ -43,6 +43,11 @@ test: build
 
 demo: build
 	bash scripts/demo.sh
+
+# Against the official Node.js SDKs (installed from npm into bench/peers) and the ideal.
+bench: build
+	bash bench/peers/install.sh
+	LUA_PATH="./lua/?.lua;./spec/support/?.lua;;" LUA_CPATH="./build/?.so;;" $(LUA) bench/run.lua
 
 emulator:
 	emulator/run $(if $(PORT),--port $(PORT)) $(if $(DEVICES),--devices $(DEVICES))

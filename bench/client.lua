@@ -1,0 +1,88 @@
+-- One measurement in a process of its own, so CPU time and memory are the client's alone.
+-- Prints one JSON line.
+--   lua5.4 bench/client.lua sequential ENDPOINT KEY SECRET PK DN CALLS SIGNATURE
+--   lua5.4 bench/client.lua sign CALLS SIGNATURE
+--   lua5.4 bench/client.lua batch ENDPOINT KEY SECRET PK DN CALLS CONCURRENCY QPS IDS_FILE
+local rrpc = require "rrpc"
+local core = require "rrpc.core"
+local cjson = require "cjson"
+
+local mode = arg[1]
+
+local function memory_kb(field) -- VmRSS: now; VmHWM: the peak so far
+  for line in io.lines("/proc/self/status") do
+    local kb = line:match("^" .. field .. ":%s+(%d+) kB")
+    if kb then return tonumber(kb) end
+  end
+end
+
+local function measure(fn)
+  collectgarbage()
+  local cpu, wall, rss = os.clock(), core.monotime(), memory_kb("VmRSS")
+  local result = fn()
+  result.cpu_s = os.clock() - cpu
+  result.wall_s = core.monotime() - wall
+  result.rss_before_kb = rss
+  result.peak_rss_kb = memory_kb("VmHWM")
+  return result
+end
+
+local function client(endpoint, key, secret, signature)
+  return rrpc.new { endpoint = endpoint, access_key_id = key, access_key_secret = secret,
+                    signature = signature }
+end
+
+local result
+if mode == "sequential" then
+  local endpoint, key, secret, pk, dn, calls, signature = table.unpack(arg, 2)
+  calls = tonumber(calls)
+  local c = client(endpoint, key, secret, signature)
+  assert(c:rrpc { product_key = pk, device_name = dn, payload = "warm-up" }) -- connect first
+  result = measure(function()
+    local ok = 0
+    for i = 1, calls do
+      if c:rrpc { product_key = pk, device_name = dn, payload = "ping " .. i } then ok = ok + 1 end
+    end
+    return { calls = calls, ok = ok }
+  end)
+elseif mode == "sign" then
+  local calls, signature = tonumber(arg[2]), arg[3]
+  local request = {
+    endpoint = "https://iot.cn-shanghai.aliyuncs.com", host = "iot.cn-shanghai.aliyuncs.com",
+    action = "RRpc", version = "2018-01-20", access_key_id = "LTAI5tBenchKey",
+    access_key_secret = "bench-secret", signature = signature, region_id = "cn-shanghai",
+    params = { ProductKey = "a1Bench", DeviceName = "d200", Timeout = 5000,
+               RequestBase64Byte = rrpc.b64encode("ping") },
+  }
+  result = measure(function()
+    for _ = 1, calls do core.build_request(request) end
+    return { calls = calls, ok = calls }
+  end)
+elseif mode == "batch" then
+  local endpoint, key, secret, pk, dn, calls, concurrency, qps, ids_file = table.unpack(arg, 2)
+  calls, concurrency, qps = tonumber(calls), tonumber(concurrency), tonumber(qps)
+  local c = client(endpoint, key, secret, "v3")
+  local ids = assert(io.open(ids_file, "w"))
+  result = measure(function()
+    local made, ok, codes = 0, 0, {}
+    local function requests() -- streamed: no request or result is kept
+      if made < calls then
+        made = made + 1
+        return { product_key = pk, device_name = dn, payload = "ping " .. made }
+      end
+    end
+    for _, res, err in rrpc.each(c, requests, { concurrency = concurrency, qps = qps }) do
+      if res then
+        ok = ok + 1
+        ids:write(res.request_id, " ", res.message_id, "\n")
+      else
+        codes[err.code] = (codes[err.code] or 0) + 1
+      end
+    end
+    return { calls = calls, ok = ok, errors = codes }
+  end)
+  ids:close()
+else
+  error("unknown mode " .. tostring(mode))
+end
+print(cjson.encode(result))

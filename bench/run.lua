@@ -1,0 +1,171 @@
+-- make bench: rrpc against the official Node.js SDKs and against the ideal, all measured
+-- in this run, against the emulator on loopback. Each client runs in a process of its own.
+local cjson = require "cjson"
+local emulator = require "emulator"
+
+local SEQUENTIAL_CALLS = tonumber(os.getenv("BENCH_SEQUENTIAL_CALLS") or 1000)
+local SIGN_CALLS = tonumber(os.getenv("BENCH_SIGN_CALLS") or 20000)
+local BATCH_CALLS = tonumber(os.getenv("BENCH_BATCH_CALLS") or 10000)
+local CONCURRENCY, QPS, DEVICE_LATENCY_S = 1000, 1000, 0.2
+local PK, ECHO, D200 = "a1RRpcDemo", "echo", "d200"
+local BENCH_PK = "a1Bench"
+
+local emu -- the emulator every client talks to
+
+-- 1000 connections need more descriptors than the usual soft limit of 1024.
+local SHELL_PREFIX = "ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); "
+
+local function run_json(command)
+  local pipe = assert(io.popen(SHELL_PREFIX .. command .. " 2>/tmp/rrpc-bench.err"))
+  local out = pipe:read("a")
+  local ok = pipe:close()
+  local last = out:match("([^\n]+)\n?$")
+  if not ok or not last then
+    local f = io.open("/tmp/rrpc-bench.err")
+    error(("benchmark step failed: %s\n%s%s"):format(command, out, f and f:read("a") or ""))
+  end
+  return cjson.decode(last)
+end
+
+local function lua_client(...)
+  local argv = { ... }
+  for i, a in ipairs(argv) do argv[i] = ("'%s'"):format(a) end
+  return run_json("LUA_PATH='./lua/?.lua;;' LUA_CPATH='./build/?.so;;' lua5.4 bench/client.lua "
+    .. table.concat(argv, " "))
+end
+
+local function node_client(sdk, endpoint, key, secret, pk, dn, calls, concurrency, ids)
+  local r = run_json(("node bench/peers/rrpc-bench.js --sdk %s --endpoint %s --key %s --secret %s " ..
+    "--product %s --device %s --calls %d --concurrency %d%s"):format(sdk, endpoint, key, secret, pk,
+    dn, calls, concurrency, ids and " --dump-ids" or ""))
+  r.cpu_s = r.cpu_user_s + r.cpu_sys_s
+  return r
+end
+
+local function http_get(url, method)
+  local pipe = assert(io.popen(("curl -s -X %s '%s'"):format(method or "GET", url)))
+  local body = pipe:read("a")
+  pipe:close()
+  return body
+end
+
+-- RequestId -> MessageId as the emulator sent them.
+local function logged_ids(emu)
+  local ids = {}
+  for _, line in ipairs(emu:log_lines()) do
+    local rid, mid = line:match("rid=(%S+) mid=(%d+)")
+    if rid then ids[rid] = mid end
+  end
+  return ids
+end
+
+local function count_exact(pairs_list, logged)
+  local exact, total = 0, 0
+  for _, pair in ipairs(pairs_list) do
+    total = total + 1
+    if logged[pair[1]] == pair[2] then exact = exact + 1 end
+  end
+  return exact, total
+end
+
+local function read_pairs(path)
+  local list = {}
+  for line in io.lines(path) do
+    local rid, mid = line:match("^(%S+) (%S+)$")
+    list[#list + 1] = { rid, mid }
+  end
+  return list
+end
+
+local function max_per_second(key)
+  local stats = cjson.decode(http_get(emu.url .. "/__emulator/stats"))
+  local k = stats.keys[key]
+  return k and k.max_per_second or 0
+end
+
+local function per_call_us(r) return r.cpu_s / r.calls * 1e6 end
+
+-- setup ------------------------------------------------------------------------------
+emu = emulator.start { workers = 2 }
+local ok, failure = pcall(function()
+  local lines = {}
+  local function say(fmt, ...) local s = fmt:format(...) print(s) lines[#lines + 1] = s end
+
+  print(("rrpc bench: emulator %s, %d cores"):format(emu.url, tonumber(io.popen("nproc"):read("a")) or 0))
+
+  -- 1. CPU per call, sequential on one kept-alive connection ---------------------------
+  local seq = {
+    { "rrpc (V3)", lua_client("sequential", emu.url, "testid", "testsecret", PK, ECHO, SEQUENTIAL_CALLS, "v3") },
+    { "rrpc (V1)", lua_client("sequential", emu.url, "testid", "testsecret", PK, ECHO, SEQUENTIAL_CALLS, "v1") },
+    { "@alicloud/pop-core (V1)", node_client("pop-core", emu.url, "testid", "testsecret", PK, ECHO, SEQUENTIAL_CALLS, 1) },
+    { "@alicloud/iot20180120 (V3)", node_client("iot20180120", emu.url, "testid", "testsecret", PK, ECHO, SEQUENTIAL_CALLS, 1) },
+  }
+  local best_sdk = math.min(per_call_us(seq[3][2]), per_call_us(seq[4][2]))
+  local sign = {
+    v1 = lua_client("sign", SIGN_CALLS, "v1"),
+    v3 = lua_client("sign", SIGN_CALLS, "v3"),
+  }
+  say("")
+  say("1. Client CPU per call (user+sys), %d sequential calls to an echo device, one connection", SEQUENTIAL_CALLS)
+  say("")
+  say("| client | CPU per call | calls/s (wall) | vs best official SDK |")
+  say("|---|---|---|---|")
+  for _, row in ipairs(seq) do
+    local r = row[2]
+    say("| %s | %.0f µs | %.0f | %.2f |", row[1], per_call_us(r), r.calls / r.wall_s, per_call_us(r) / best_sdk)
+  end
+  say("")
+  say("Signing alone (build_request: nonce, timestamp, canonical form, HMAC): V1 %.1f µs, V3 %.1f µs per request, "
+    .. "%.0f%% and %.0f%% of rrpc's CPU per call.", per_call_us(sign.v1), per_call_us(sign.v3),
+    100 * per_call_us(sign.v1) / per_call_us(seq[2][2]), 100 * per_call_us(sign.v3) / per_call_us(seq[1][2]))
+
+  -- 2. 10,000 calls to 200 ms devices at concurrency 1000, qps 1000 ---------------------
+  http_get(emu.url .. "/__emulator/stats/reset", "POST")
+  local ids_file = os.tmpname()
+  local batch = lua_client("batch", emu.url, "bench-key", "benchsecret", BENCH_PK, D200, BATCH_CALLS, CONCURRENCY, QPS, ids_file)
+  local rrpc_peak = max_per_second("bench-key")
+  os.execute("sleep 1.2") -- the emulator flushes its access log every second
+  local logged = logged_ids(emu)
+  local rrpc_exact, rrpc_total = count_exact(read_pairs(ids_file), logged)
+  os.remove(ids_file)
+  local ideal = BATCH_CALLS / QPS + DEVICE_LATENCY_S
+
+  -- 3. the same work through the official SDKs, at the same concurrency. They cannot hold
+  -- to a quota, so they run on a key without one; their peak rate shows what the
+  -- platform would throttle.
+  local node = {}
+  for _, sdk in ipairs { "pop-core", "iot20180120" } do
+    http_get(emu.url .. "/__emulator/stats/reset", "POST")
+    local r = node_client(sdk, emu.url, "testid", "testsecret", BENCH_PK, D200, BATCH_CALLS, CONCURRENCY, true)
+    r.peak = max_per_second("testid")
+    os.execute("sleep 1.2")
+    r.exact, r.total = count_exact(r.message_ids or {}, logged_ids(emu))
+    node[#node + 1] = { "@alicloud/" .. sdk, r }
+  end
+
+  local memory_per_call = (batch.peak_rss_kb - batch.rss_before_kb) / CONCURRENCY
+  say("")
+  say("2./3. %d calls to devices answering in 200 ms, %d in flight", BATCH_CALLS, CONCURRENCY)
+  say("")
+  say("| client | wall | ideal %.1f s | peak calls/s seen | ok | CPU per call | peak RSS | MessageIds exact |", ideal)
+  say("|---|---|---|---|---|---|---|---|")
+  say("| rrpc.each, qps %d | %.2f s | %.3f | %d | %d | %.0f µs | %.1f MB | %d/%d |", QPS, batch.wall_s,
+    batch.wall_s / ideal, rrpc_peak, batch.ok, per_call_us(batch), batch.peak_rss_kb / 1024, rrpc_exact, rrpc_total)
+  for _, row in ipairs(node) do
+    local r = row[2]
+    say("| %s (no rate limit) | %.2f s | %.3f | %d | %d | %.0f µs | %.1f MB | %d/%d |", row[1], r.wall_s,
+      r.wall_s / ideal, r.peak, r.ok, per_call_us(r), r.peak_rss_kb / 1024, r.exact, r.total)
+  end
+  say("")
+  say("rrpc: %.1f KB of client memory per call in flight (peak RSS %.1f MB over %.1f MB before the batch, / %d);"
+    .. " busiest second at the emulator %d (quota %d).", memory_per_call, batch.peak_rss_kb / 1024,
+    batch.rss_before_kb / 1024, CONCURRENCY, rrpc_peak, QPS)
+  local best_node_cpu = math.min(per_call_us(node[1][2]), per_call_us(node[2][2]))
+  say("")
+  say("Targets: CPU per call <= 1/3 of the best SDK: %.2f (sequential), %.2f (batch); wall within 5%% of ideal: %+.1f%%; "
+    .. "no second above the quota: %s; under 16 KB per call in flight: %.1f KB; every MessageId exact: %s.",
+    per_call_us(seq[1][2]) / best_sdk, per_call_us(batch) / best_node_cpu, 100 * (batch.wall_s / ideal - 1),
+    rrpc_peak <= QPS and "yes" or "NO", memory_per_call, rrpc_exact == rrpc_total and rrpc_total == BATCH_CALLS and "yes" or "NO")
+end)
+emu:stop()
+if not ok then error(failure, 0) end
