@@ -1,20 +1,62 @@
 /* A pool: many calls in flight on libcurl's multi interface, sharing its kept-alive
  * connections. Lua adds calls and collects completions between transfers; no Lua runs
- * inside one. Finished easy handles are kept for the next calls. */
+ * inside one. Finished easy handles are kept for the next calls.
+ *
+ * The sockets are watched with epoll and driven by curl_multi_socket_action, so each
+ * wake-up costs in proportion to the sockets that are ready, not to the calls in flight
+ * (curl_multi_perform and poll() visit all of them every time). */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/epoll.h>
 
 #include "transfer.h"
 
 #define DEFAULT_MAX_CONNECTIONS 100L
+#define EVENTS_PER_WAIT 256
 
 struct pool {
     CURLM *multi;
+    int epoll_fd;
+    long long timer_at;           /* when libcurl wants its timeout handled (ms), or -1 */
     struct rrpc_options options;
     struct rrpc_transfer *active; /* in flight, doubly linked */
     struct rrpc_transfer *idle;   /* ready for reuse, linked by next */
     long in_flight, idle_count, max_idle;
 };
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* libcurl says which events a socket needs; epoll watches for them. */
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    struct pool *p = userp;
+    struct epoll_event ev;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(p->epoll_fd, EPOLL_CTL_DEL, fd, NULL);
+        return 0;
+    }
+    memset(&ev, 0, sizeof ev);
+    ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
+    ev.data.fd = fd;
+    if (epoll_ctl(p->epoll_fd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT)
+        epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+    return 0;
+}
+
+static int on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    struct pool *p = userp;
+    p->timer_at = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    return 0;
+}
 
 static struct pool *check_pool(lua_State *L)
 {
@@ -103,12 +145,21 @@ int l_pool(lua_State *L)
     memset(p, 0, sizeof *p);
     luaL_setmetatable(L, RRPC_POOL_MT);
     rrpc_options_read(L, 1, &p->options);
+    p->epoll_fd = -1;
     p->max_idle = max_connections;
+    p->timer_at = -1;
+    p->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (p->epoll_fd < 0)
+        return luaL_error(L, "cannot create an epoll instance: %s", strerror(errno));
     p->multi = curl_multi_init();
     if (p->multi == NULL)
         return luaL_error(L, "cannot create a libcurl multi handle");
     /* keep as many connections alive as calls may be in flight */
     curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, max_connections);
+    curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
+    curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p);
     return 1;
 }
 
@@ -177,6 +228,33 @@ static int collect(lua_State *L, struct pool *p, int results, int n)
     return n;
 }
 
+/* Waits up to wait_ms for a ready socket or libcurl's timer, and lets libcurl act. */
+static void drive(struct pool *p, long long wait_ms)
+{
+    struct epoll_event events[EVENTS_PER_WAIT];
+    int i, ready, running;
+    if (p->timer_at >= 0) {
+        long long until_timer = p->timer_at - now_ms();
+        if (until_timer < wait_ms)
+            wait_ms = until_timer < 0 ? 0 : until_timer;
+    }
+    ready = epoll_wait(p->epoll_fd, events, EVENTS_PER_WAIT, (int)wait_ms);
+    for (i = 0; i < ready; i++) {
+        int flags = 0;
+        if (events[i].events & EPOLLIN)
+            flags |= CURL_CSELECT_IN;
+        if (events[i].events & EPOLLOUT)
+            flags |= CURL_CSELECT_OUT;
+        if (events[i].events & (EPOLLERR | EPOLLHUP))
+            flags |= CURL_CSELECT_ERR;
+        curl_multi_socket_action(p->multi, events[i].data.fd, flags, &running);
+    }
+    if (p->timer_at >= 0 && now_ms() >= p->timer_at) {
+        p->timer_at = -1;
+        curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+}
+
 /* pool:run(wait_ms) --> array of completions, each
  *   { token=, status=, headers=, body=, info= } or { token=, code=, message=, sent= }
  * Drives the transfers; waits up to wait_ms when none has finished yet (also when none
@@ -185,16 +263,17 @@ static int pool_run(lua_State *L)
 {
     struct pool *p = check_pool(L);
     lua_Integer wait_ms = luaL_optinteger(L, 2, 0);
-    int running, n;
+    long long until;
+    int n;
     luaL_argcheck(L, wait_ms >= 0 && wait_ms <= 600000, 2, "wait must be in 0..600000 ms");
     lua_settop(L, 2);
     lua_newtable(L);
-    curl_multi_perform(p->multi, &running);
+    until = now_ms() + wait_ms;
+    drive(p, 0);
     n = collect(L, p, 3, 0);
-    if (n == 0 && wait_ms > 0) {
-        curl_multi_poll(p->multi, NULL, 0, (int)wait_ms, NULL);
-        curl_multi_perform(p->multi, &running);
-        collect(L, p, 3, n);
+    while (n == 0 && now_ms() < until) {
+        drive(p, until - now_ms());
+        n = collect(L, p, 3, n);
     }
     return 1;
 }
@@ -239,6 +318,10 @@ static int pool_close(lua_State *L)
     if (p->multi != NULL) {
         curl_multi_cleanup(p->multi);
         p->multi = NULL;
+    }
+    if (p->epoll_fd >= 0) {
+        close(p->epoll_fd);
+        p->epoll_fd = -1;
     }
     rrpc_options_free(&p->options);
     return 0;
