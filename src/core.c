@@ -61,7 +61,6 @@ static int l_sleep(lua_State *L)
 
 int luaopen_rrpc_core(lua_State *L)
 {
-    static int curl_ready = 0;
     static const luaL_Reg functions[] = {
         {"percent_encode", l_percent_encode},
         {"b64encode", l_b64encode},
@@ -79,11 +78,6 @@ int luaopen_rrpc_core(lua_State *L)
         {NULL, NULL},
     };
 
-    if (!curl_ready) {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-            return luaL_error(L, "cannot initialise libcurl");
-        curl_ready = 1;
-    }
     rrpc_open_session(L);
     rrpc_open_pool(L);
 

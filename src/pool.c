@@ -151,7 +151,7 @@ int l_pool(lua_State *L)
     p->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     if (p->epoll_fd < 0)
         return luaL_error(L, "cannot create an epoll instance: %s", strerror(errno));
-    p->multi = curl_multi_init();
+    p->multi = rrpc_curl_ready() ? curl_multi_init() : NULL;
     if (p->multi == NULL)
         return luaL_error(L, "cannot create a libcurl multi handle");
     /* keep as many connections alive as calls may be in flight */

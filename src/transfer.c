@@ -134,9 +134,19 @@ void rrpc_options_free(struct rrpc_options *o)
     o->ca_file = o->ca_path = o->user_agent = NULL;
 }
 
+/* libcurl is set up on first use, not when rrpc.core loads: inside nginx (rrpc.ngx) the
+ * module signs requests and never touches libcurl. */
+int rrpc_curl_ready(void)
+{
+    static int ready = 0;
+    if (!ready)
+        ready = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
+    return ready;
+}
+
 int rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_options *o)
 {
-    CURL *e = curl_easy_init();
+    CURL *e = rrpc_curl_ready() ? curl_easy_init() : NULL;
     if (e == NULL)
         return 0;
     t->easy = e;

@@ -32,6 +32,9 @@ struct rrpc_transfer {
     char error[CURL_ERROR_SIZE];
 };
 
+/* Initialises libcurl once per process; returns 0 when it cannot. */
+int rrpc_curl_ready(void);
+
 void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o);
 void rrpc_options_free(struct rrpc_options *o);
 
