@@ -70,8 +70,10 @@ local function check_time(key, text)
 end
 
 -- Called only once the signature is verified, so a rejected request does not burn its nonce.
+-- The dict key is a 16-byte MD5: with it an entry takes 128 bytes of the shared
+-- dict, with the plain text 256. A full dict drops its oldest nonces.
 local function claim_nonce(key_id, nonce)
-  local ok, err = ngx.shared.rrpc_emulator:add("nonce\n" .. key_id .. "\n" .. nonce, true, NONCE_TTL_S)
+  local ok, err = ngx.shared.rrpc_nonces:add(ngx.md5_bin(key_id .. "\n" .. nonce), true, NONCE_TTL_S)
   if not ok then
     if err == "exists" then
       reject(400, "SignatureNonceUsed", "Specified signature nonce was used already.")
@@ -104,7 +106,7 @@ local function authenticate_v1(request, registry, known_actions, note)
     reject_mismatch(string_to_sign)
   end
   claim_nonce(params.AccessKeyId, params.SignatureNonce)
-  return params.Action
+  return params.Action, params.AccessKeyId
 end
 
 local function single_header(request, name)
@@ -190,10 +192,10 @@ local function authenticate_v3(request, registry, known_actions, note)
     reject_mismatch(string_to_sign)
   end
   claim_nonce(fields.Credential, headers["x-acs-signature-nonce"])
-  return headers["x-acs-action"]
+  return headers["x-acs-action"], fields.Credential
 end
 
--- Returns the authenticated action name. `request` is {method, query, params,
+-- Returns the authenticated action name and AccessKeyId. `request` is {method, query, params,
 -- headers, body} (see handler.lua); `note(field, value)` records sig, key and
 -- action for the access log as soon as they are known.
 function auth.authenticate(request, registry, known_actions, note)

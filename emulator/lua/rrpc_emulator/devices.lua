@@ -1,5 +1,7 @@
 -- What the simulated devices do with an RRpc request once the platform has
--- accepted it: one function per registry `behaviour`.
+-- accepted it: one function per registry `behaviour`, optionally delayed by a
+-- `latency` distribution and replaced at random by a fault (`fault_rate`).
+local latency = require "rrpc_emulator.latency"
 local reply = require "rrpc_emulator.reply"
 
 local reject = reply.reject
@@ -14,6 +16,16 @@ devices.transforms = {
 -- Behaviours whose answer is a device state, which `error_style` can turn
 -- into the platform's other form (Success:false, Code iot.messagebroker.<STATE>).
 devices.state_behaviours = { slow = true, offline = true, halfconn = true, silent = true }
+
+-- Behaviours that set their own timing, so a `latency` would only add to it.
+devices.timed_behaviours = { slow = true, silent = true, hang = true }
+
+-- Platform-side failures a device's `faults` list may name.
+devices.fault_behaviours = {
+  internal_error = true, unavailable = true, throttled = true, ratelimit = true,
+  reset = true, html502 = true, bad_json = true, system_error = true,
+}
+devices.default_faults = { "internal_error", "unavailable", "reset" }
 
 local STATE_MESSAGES = {
   OFFLINE = "The device is offline.",
@@ -51,6 +63,16 @@ local function state(device, rrpc_code, with_message_id)
     with_message_id and reply.next_message_id() or nil)
 end
 
+-- Waits `delay_ms`; a device later than the request's Timeout gets the
+-- platform's TIMEOUT answer after Timeout ms instead (returned, else nil).
+local function wait(device, delay_ms, timeout_ms)
+  if delay_ms >= timeout_ms then
+    sleep_ms(timeout_ms)
+    return state(device, "TIMEOUT", true)
+  end
+  sleep_ms(delay_ms)
+end
+
 -- Each behaviour gets (device, request_bytes, timeout_ms) and returns an
 -- outcome or throws a rejection.
 devices.behaviours = {
@@ -61,12 +83,7 @@ devices.behaviours = {
     return success(devices.transforms[device.transform](request))
   end,
   slow = function(device, request, timeout_ms)
-    if device.latency_ms >= timeout_ms then
-      sleep_ms(timeout_ms)
-      return state(device, "TIMEOUT", true)
-    end
-    sleep_ms(device.latency_ms)
-    return success(request)
+    return wait(device, device.latency_ms, timeout_ms) or success(request)
   end,
   offline = function(device)
     return state(device, "OFFLINE", false)
@@ -82,8 +99,7 @@ devices.behaviours = {
     return state(device, "UNKNOWN", true)
   end,
   throttled = function()
-    reject(400, "Throttling.User", "Request was denied due to user flow control.",
-      { ["x-acs-retry-after"] = "1000" })
+    reply.reject_throttled(1000)
   end,
   ratelimit = function()
     reject(200, "iot.messagebroker.RateLimit", "The request rate exceeds the limit.")
@@ -113,8 +129,20 @@ devices.behaviours = {
   end,
 }
 
+-- The latency comes first, so a fault arrives after it too.
 function devices.answer(device, request, timeout_ms)
-  return devices.behaviours[device.behaviour](device, request, timeout_ms)
+  if device.latency then
+    local timed_out = wait(device, latency.draw(device.latency), timeout_ms)
+    if timed_out then
+      return timed_out
+    end
+  end
+  local behaviour = device.behaviour
+  if device.fault_rate and math.random() < device.fault_rate then
+    local faults = device.faults or devices.default_faults
+    behaviour = faults[math.random(#faults)]
+  end
+  return devices.behaviours[behaviour](device, request, timeout_ms)
 end
 
 return devices

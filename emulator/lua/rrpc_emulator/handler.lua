@@ -1,10 +1,12 @@
 -- Entry points called from nginx.conf: start-up, the API at "/", the health
--- check and the 404 for every other path.
+-- check, the usage statistics and the 404 for every other path.
+local cjson = require "cjson"
 local ngx_process = require "ngx.process"
 local actions = require "rrpc_emulator.actions"
 local auth = require "rrpc_emulator.auth"
 local registry_loader = require "rrpc_emulator.registry"
 local reply = require "rrpc_emulator.reply"
+local usage = require "rrpc_emulator.usage"
 
 local reject = reply.reject
 
@@ -15,6 +17,12 @@ local registry
 -- Runs in init_by_lua (the master process): a bad registry stops nginx.
 function handler.init(devices_path)
   registry = registry_loader.load(devices_path)
+end
+
+-- Runs in each worker: without a seed of their own, all workers would draw the
+-- same latencies and faults.
+function handler.init_worker()
+  math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
 end
 
 -- Adds decoded arguments to `params`; a name given twice is refused rather
@@ -72,7 +80,8 @@ local function process_api()
   local request = read_request()
   note("pk", request.params.ProductKey)
   note("dn", request.params.DeviceName)
-  local action = auth.authenticate(request, registry, actions, note)
+  local action, key_id = auth.authenticate(request, registry, actions, note)
+  usage.admit(key_id, registry.access_keys[key_id])
   return actions[action](request.params, registry)
 end
 
@@ -111,6 +120,23 @@ function handler.health()
   ngx.header["Content-Type"] = "text/plain"
   ngx.header["x-emulator-pid"] = ngx_process.get_master_pid()
   ngx.print("ok")
+end
+
+-- GET: the per-AccessKey counts (usage.lua) as JSON; POST .../reset clears them.
+function handler.stats()
+  if ngx.req.get_method() ~= "GET" then
+    return ngx.exit(ngx.HTTP_NOT_ALLOWED)
+  end
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print(cjson.encode(usage.report(registry)))
+end
+
+function handler.reset_stats()
+  if ngx.req.get_method() ~= "POST" then
+    return ngx.exit(ngx.HTTP_NOT_ALLOWED)
+  end
+  usage.reset()
+  return ngx.exit(ngx.HTTP_NO_CONTENT)
 end
 
 return handler

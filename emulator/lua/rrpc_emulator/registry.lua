@@ -3,6 +3,7 @@
 -- message naming the file and the offending entry.
 local cjson = require "cjson.safe"
 local devices = require "rrpc_emulator.devices"
+local latency = require "rrpc_emulator.latency"
 
 local registry = {}
 
@@ -59,6 +60,10 @@ local function check_fields(path, where, object, fields)
   end
 end
 
+local function non_negative_number(value)
+  return type(value) == "number" and value >= 0 and value < math.huge
+end
+
 local function non_empty_string(value)
   return type(value) == "string" and value ~= ""
 end
@@ -92,6 +97,10 @@ local ACCESS_KEY_FIELDS = {
   secret = { check = non_empty_string, description = "a non-empty string", required = true },
   inactive = { check = boolean, description = "true or false" },
   clock_offset_s = { check = is_integer, description = "an integer (seconds)" },
+  qps = {
+    check = function(value) return is_integer(value) and value >= 1 end,
+    description = "a positive integer (authenticated calls per second)",
+  },
 }
 
 local PRODUCT_FIELDS = {
@@ -112,7 +121,51 @@ local DEVICE_FIELDS = {
   },
   error_style = { check = boolean, description = "true or false" },
   active = { check = boolean, description = "true or false" },
+  latency = { check = is_object, description = 'an object such as {"dist": "fixed", "ms": 200}' },
+  fault_rate = {
+    check = function(value) return type(value) == "number" and value >= 0 and value <= 1 end,
+    description = "a probability from 0 to 1",
+  },
+  faults = {
+    check = function(value) return is_array(value) and #value > 0 end,
+    description = "a non-empty array of fault names",
+  },
 }
+
+-- {"dist": <name>, <that distribution's parameters>}: each one required, no others.
+local function check_latency(path, where, spec)
+  local distribution = latency.distributions[spec.dist]
+  if not distribution then
+    problem(path, where .. ".dist", "must be one of " .. names_of(latency.distributions))
+  end
+  local takes = 'dist "' .. spec.dist .. '" takes ' .. table.concat(distribution.parameters, ", ")
+  local is_parameter = {}
+  for _, name in ipairs(distribution.parameters) do
+    is_parameter[name] = true
+    if spec[name] == nil then
+      problem(path, where .. "." .. name, "is required: " .. takes)
+    end
+  end
+  for name, value in pairs(spec) do
+    if name ~= "dist" and not is_parameter[name] then
+      problem(path, where .. "." .. name, "unknown field: " .. takes)
+    end
+    if is_parameter[name] and not non_negative_number(value) then
+      problem(path, where .. "." .. name, "must be a non-negative number (milliseconds)")
+    end
+  end
+  if spec.dist == "uniform" and spec.min_ms > spec.max_ms then
+    problem(path, where .. ".min_ms", "must not exceed max_ms")
+  end
+end
+
+local function check_faults(path, where, faults)
+  for i, name in ipairs(faults) do
+    if not devices.fault_behaviours[name] then
+      problem(path, where .. "[" .. i .. "]", "must be one of " .. names_of(devices.fault_behaviours))
+    end
+  end
+end
 
 local function check_device(path, where, device)
   check_fields(path, where, device, DEVICE_FIELDS)
@@ -125,6 +178,19 @@ local function check_device(path, where, device)
   end
   if device.error_style ~= nil and not devices.state_behaviours[behaviour] then
     problem(path, where .. ".error_style", "only applies to behaviours " .. names_of(devices.state_behaviours))
+  end
+  if device.latency ~= nil then
+    if devices.timed_behaviours[behaviour] then
+      problem(path, where .. ".latency", "does not apply to behaviours " .. names_of(devices.timed_behaviours)
+        .. ", which set their own timing")
+    end
+    check_latency(path, where .. ".latency", device.latency)
+  end
+  if device.faults ~= nil then
+    if device.fault_rate == nil then
+      problem(path, where .. ".faults", "needs a fault_rate")
+    end
+    check_faults(path, where .. ".faults", device.faults)
   end
 end
 

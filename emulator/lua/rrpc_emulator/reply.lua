@@ -26,6 +26,13 @@ function reply.reject_missing(name)
     .. '" that is mandatory for processing this request is not supplied.')
 end
 
+-- The platform's answer to a caller over its quota; `retry_after_ms` goes to
+-- the x-acs-retry-after header.
+function reply.reject_throttled(retry_after_ms)
+  reply.reject(400, "Throttling.User", "Request was denied due to user flow control.",
+    { ["x-acs-retry-after"] = tostring(retry_after_ms) })
+end
+
 -- Visible ASCII only (anything else, space included, becomes "?"), at most
 -- 64 bytes: for echoing client input into messages and access-log fields.
 function reply.printable(text)
@@ -93,6 +100,9 @@ function reply.send(outcome, request_id)
   end
   ngx.header["Content-Type"] = JSON_TYPE
   ngx.header["x-acs-request-id"] = request_id
+  -- The access log pairs the ids the client got (rid=, mid=), to check that it
+  -- kept the MessageId exact.
+  ngx.var.rrpc_rid = request_id
   for name, value in pairs(outcome.headers or {}) do
     ngx.header[name] = value
   end
@@ -105,6 +115,7 @@ function reply.send(outcome, request_id)
     if outcome.message_id then
       -- Spliced in as text: cjson would encode the number as a rounded double.
       body = '{"MessageId":' .. outcome.message_id .. "," .. body:sub(2)
+      ngx.var.rrpc_mid = outcome.message_id
     end
   end
   ngx.print(body)
