@@ -6,7 +6,6 @@ local core = require "rrpc.core"
 local args = require "rrpc.args"
 local client = require "rrpc.client"
 local errors = require "rrpc.errors"
-local limiter = require "rrpc.limiter"
 local retry = require "rrpc.retry"
 
 local batch = {}
@@ -61,16 +60,12 @@ local function start(c, requests, opts, fname, level)
   end
   local qps = opts.qps or DEFAULT_QPS
   local concurrency = opts.concurrency or DEFAULT_CONCURRENCY
-  if p.pool and p.pool:count() > 0 then -- calls left behind by an abandoned stream
-    p.pool:close()
-    p.pool = nil
-  end
   local now = core.monotime()
   return setmetatable({
     client = c, p = p, pool = client.pool(p, concurrency), fname = fname,
     next_request = next_request, total = total, read = 0, exhausted = false,
     defaults = opts.defaults, policy = policy, concurrency = concurrency,
-    limiter = limiter.new(qps, opts.burst or math.max(1, math.floor(qps / 10)), now),
+    limiter = p.transport.limiter(qps, opts.burst or math.max(1, math.floor(qps / 10)), now),
     deadline = opts.deadline_ms and now + opts.deadline_ms / 1000,
     on_progress = opts.on_progress, last_progress = now, started = now,
     in_flight = {}, in_flight_count = 0, waiting = {}, held = nil, next_token = 0,

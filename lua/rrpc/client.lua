@@ -3,9 +3,46 @@
 local core = require "rrpc.core"
 local args = require "rrpc.args"
 local errors = require "rrpc.errors"
+local limiter = require "rrpc.limiter"
 local retry = require "rrpc.retry"
 
 local client = {}
+
+-- How calls travel. This one is libcurl: a session (one easy handle) for single calls,
+-- a pool (the multi interface) for batches. rrpc.ngx brings one made of nginx subrequests.
+local curl = {}
+
+function curl.open(settings)
+  return { settings = settings, session = core.session(settings) }
+end
+
+function curl.send(state, url, headers, body, timeout_ms)
+  return state.session:perform("POST", url, headers, body, timeout_ms)
+end
+
+curl.sleep = core.sleep
+
+function curl.pool(state, concurrency)
+  if state.pool and (state.pool_size < concurrency or state.pool:count() > 0) then
+    state.pool:close() -- too small, or holding calls of an abandoned stream
+    state.pool = nil
+  end
+  if not state.pool then
+    local options = { max_connections = concurrency }
+    for k, v in pairs(state.settings) do options[k] = v end
+    state.pool, state.pool_size = core.pool(options), concurrency
+  end
+  return state.pool
+end
+
+curl.limiter = limiter.new
+
+function curl.close(state)
+  state.session:close()
+  if state.pool then state.pool:close() end
+end
+
+client.curl = curl
 
 local API_VERSION = "2018-01-20"
 local MAX_PAYLOAD = 256 * 1024 -- the platform's MQTT message limit
@@ -56,37 +93,40 @@ local function default_user_agent()
     os_name, machine, (_VERSION:gsub("^Lua ", "")), core._VERSION)
 end
 
---- client.new{ access_key_id=, access_key_secret=, ... } --> client
+--- client.new{ access_key_id=, access_key_secret=, ... } --> client (libcurl)
 function client.new(opts)
-  args.check_options("new", opts, NEW_OPTIONS, 2)
-  args.check_required("new", opts, "access_key_id", 2)
-  args.check_required("new", opts, "access_key_secret", 2)
-  args.check_choice("new", opts, "signature", { v1 = true, v3 = true }, 2)
-  args.check_choice("new", opts, "placement", { body = true, query = true }, 2)
-  args.check_range("new", opts, "connect_timeout", 1, 600000, 2)
-  args.check_range("new", opts, "timeout_margin", 0, 600000, 2)
-  args.check_range("new", opts, "idle_timeout", 1, 3600, 2)
-  args.check_range("new", opts, "max_response_bytes", 1024, 2^30, 2)
+  return client.new_with(opts, curl, {}, 3)
+end
+
+--- client.new_with(opts, transport, transport_settings, level) --> client
+function client.new_with(opts, transport, settings, level)
+  args.check_options("new", opts, NEW_OPTIONS, level)
+  args.check_required("new", opts, "access_key_id", level)
+  args.check_required("new", opts, "access_key_secret", level)
+  args.check_choice("new", opts, "signature", { v1 = true, v3 = true }, level)
+  args.check_choice("new", opts, "placement", { body = true, query = true }, level)
+  args.check_range("new", opts, "connect_timeout", 1, 600000, level)
+  args.check_range("new", opts, "timeout_margin", 0, 600000, level)
+  args.check_range("new", opts, "idle_timeout", 1, 3600, level)
+  args.check_range("new", opts, "max_response_bytes", 1024, 2^30, level)
 
   local region = opts.region or "cn-shanghai"
   if not region:match("^[a-z]+%-[a-z]+%-?%d*$") then
     args.error("new", ("option 'region' must look like \"cn-shanghai\", got %s"):format(
-      args.describe(region)), 2)
+      args.describe(region)), level)
   end
   local endpoint, host = parse_endpoint("new",
-    opts.endpoint or ("https://iot." .. region .. ".aliyuncs.com"), 2)
+    opts.endpoint or ("https://iot." .. region .. ".aliyuncs.com"), level)
   local user_agent = default_user_agent()
   if opts.user_agent then user_agent = user_agent .. " " .. opts.user_agent end
 
   local connect_timeout = opts.connect_timeout or 5000
-  local transport = {
-    connect_timeout = connect_timeout,
-    idle_timeout = opts.idle_timeout,
-    max_response_bytes = opts.max_response_bytes,
-    ca_file = opts.ca_file,
-    ca_path = opts.ca_path,
-    user_agent = user_agent,
-  }
+  settings.connect_timeout = connect_timeout
+  settings.idle_timeout = opts.idle_timeout
+  settings.max_response_bytes = opts.max_response_bytes
+  settings.ca_file = opts.ca_file
+  settings.ca_path = opts.ca_path
+  settings.user_agent = user_agent
   local self = setmetatable({
     endpoint = endpoint,
     host = host,
@@ -103,7 +143,8 @@ function client.new(opts)
     secret = opts.access_key_secret,
     token = opts.security_token,
     transport = transport,
-    session = core.session(transport),
+    state = transport.open(settings),
+    open = true,
   }
   return self
 end
@@ -118,7 +159,7 @@ function client.open_state(self, fname, level)
   if not p then
     error(("bad self to '%s' (use client:%s(...))"):format(fname, fname), level + 1)
   end
-  if not p.session then
+  if not p.open then
     error(("attempt to use a closed client in '%s'"):format(fname), level + 1)
   end
   return p
@@ -238,8 +279,8 @@ end
 -- One attempt on the client's own connection.
 local function attempt(self, p, call)
   local url, headers, body = client.sign(self, p, call)
-  local status, resp_headers, resp_body, sent = p.session:perform("POST", url, headers, body,
-                                                                  call.http_timeout)
+  local status, resp_headers, resp_body, sent = p.transport.send(p.state, url, headers, body,
+                                                                 call.http_timeout)
   if not status then -- nil, curl code name, message, whether the request may have left
     return nil, errors.network(resp_headers, resp_body, sent)
   end
@@ -257,7 +298,7 @@ local function perform(self, p, call)
       (res or err).attempts = attempts
       return res, err
     end
-    core.sleep(delay)
+    p.transport.sleep(delay)
   end
 end
 
@@ -302,30 +343,17 @@ function Client:request(action, params, opts)
   })
 end
 
---- client.pool(p, concurrency) --> the client's pool for batches, with room for concurrency
+--- client.pool(p, concurrency) --> the transport's pool for batches, with room for concurrency
 function client.pool(p, concurrency)
-  if p.pool and p.pool_size < concurrency then
-    p.pool:close()
-    p.pool = nil
-  end
-  if not p.pool then
-    local options = { max_connections = concurrency }
-    for k, v in pairs(p.transport) do options[k] = v end
-    p.pool, p.pool_size = core.pool(options), concurrency
-  end
-  return p.pool
+  return p.transport.pool(p.state, concurrency)
 end
 
 --- client:close() -- frees the connections; idempotent. Also on GC and <close>.
 function Client:close()
   local p = private[self]
-  if p and p.session then
-    p.session:close()
-    p.session = nil
-    if p.pool then
-      p.pool:close()
-      p.pool = nil
-    end
+  if p and p.open then
+    p.open = false
+    p.transport.close(p.state)
   end
 end
 Client.__close = Client.close
@@ -334,7 +362,7 @@ function Client:__tostring()
   local id = self.access_key_id
   local shown = #id > 8 and (id:sub(1, 4) .. "****" .. id:sub(-3)) or "****"
   return ("rrpc.client (%s, key %s, %s%s)"):format(self.endpoint, shown, self.signature,
-    private[self] and private[self].session and "" or ", closed")
+    private[self] and private[self].open and "" or ", closed")
 end
 
 return client
