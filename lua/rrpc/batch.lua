@@ -65,7 +65,7 @@ local function start(c, requests, opts, fname, level)
     client = c, p = p, pool = client.pool(p, concurrency), fname = fname,
     next_request = next_request, total = total, read = 0, exhausted = false,
     defaults = opts.defaults, policy = policy, concurrency = concurrency,
-    limiter = p.transport.limiter(qps, opts.burst or math.max(1, math.floor(qps / 10)), now),
+    limiter = p.transport.limiter(qps, opts.burst or math.max(1, math.floor(qps / 10)), now, p.state),
     deadline = opts.deadline_ms and now + opts.deadline_ms / 1000,
     on_progress = opts.on_progress, last_progress = now, started = now,
     in_flight = {}, in_flight_count = 0, waiting = {}, held = nil, next_token = 0,

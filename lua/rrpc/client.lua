@@ -278,6 +278,7 @@ end
 
 -- One attempt on the client's own connection.
 local function attempt(self, p, call)
+  if p.transport.admit then p.transport.admit(p.state) end
   local url, headers, body = client.sign(self, p, call)
   local status, resp_headers, resp_body, sent = p.transport.send(p.state, url, headers, body,
                                                                  call.http_timeout)

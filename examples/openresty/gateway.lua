@@ -1,0 +1,157 @@
+-- An HTTP gateway to RRpc, on nginx with its Lua module (rrpc.ngx: no worker ever blocks).
+--
+--   POST /devices/{product_key}/{device_name}/rrpc[?timeout=ms&topic=/pk/dn/user/x]
+--        body: the raw payload      -> 200 with the device's reply as the body
+--   POST /products/{product_key}/batch[?timeout=ms&concurrency=n]
+--        body: {"devices": ["dn", ...], "payload": "text" | "payload_base64": "..."}
+--        -> 200 with {"summary": {...}, "results": [{"device": .., ...}, ...]} in input order
+--
+-- Outcomes map to statuses: device TIMEOUT 504, OFFLINE/HALFCONN 503, throttling 429,
+-- unknown or inactive device or product 404, bad input 400, anything else 502. Every
+-- answer carries X-Rrpc-Request-Id and X-Rrpc-Message-Id when the platform gave them.
+-- Settings come from the environment: RRPC_ACCESS_KEY_ID, RRPC_ACCESS_KEY_SECRET,
+-- RRPC_ENDPOINT (the platform's or the emulator's), RRPC_IOT_INSTANCE_ID, RRPC_QPS.
+local rrpc_ngx = require "rrpc.ngx"
+local cjson = require "cjson.safe"
+
+local gateway = {}
+
+local MAX_PAYLOAD = 256 * 1024
+local QPS = tonumber(os.getenv("RRPC_QPS") or "") or 1000 -- the account's RRpc quota
+
+local client -- one per worker, created on first use
+function gateway.client()
+  if not client then
+    client = rrpc_ngx.new {
+      access_key_id = os.getenv("RRPC_ACCESS_KEY_ID"),
+      access_key_secret = os.getenv("RRPC_ACCESS_KEY_SECRET"),
+      endpoint = os.getenv("RRPC_ENDPOINT"),
+      iot_instance_id = os.getenv("RRPC_IOT_INSTANCE_ID"),
+      quota_dict = "rrpc_quota",
+      qps = QPS,
+    }
+  end
+  return client
+end
+
+local function status_of(err)
+  if err.code == "UpstreamTimeout" then return 504 end
+  if err.kind == "device" then
+    if err.rrpc_code == "TIMEOUT" then return 504 end
+    if err.rrpc_code == "OFFLINE" or err.rrpc_code == "HALFCONN" then return 503 end
+    return 502
+  end
+  if err.code:find("^Throttling") or err.code == "iot.messagebroker.RateLimit" then return 429 end
+  if err.code == "iot.device.NotExistedDevice" or err.code == "iot.prod.NotExistedProduct"
+     or err.code == "iot.device.InactiveDevice" then
+    return 404
+  end
+  if err.kind == "invalid" then return 400 end
+  return 502
+end
+
+local function error_fields(err)
+  return { kind = err.kind, code = err.code, message = err.message, rrpc_code = err.rrpc_code,
+           request_id = err.request_id, message_id = err.message_id, delivered = err.delivered,
+           retryable = err.retryable, attempts = err.attempts }
+end
+
+local function send_json(status, value)
+  ngx.status = status
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print(cjson.encode(value))
+  return ngx.exit(status)
+end
+
+local function refuse(status, code, message)
+  return send_json(status, { error = { kind = "invalid", code = code, message = message } })
+end
+
+local function read_body()
+  ngx.req.read_body()
+  return ngx.req.get_body_data() or ""
+end
+
+-- The argument errors rrpc raises, as a message for a 400.
+local function argument_problem(message)
+  message = tostring(message):gsub("^[^:]*:%d+: ", "")
+  return message:match("^bad argument #1 to '[^']*' %((.*)%)$") or message
+end
+
+function gateway.device()
+  local product_key, device_name = ngx.var.uri:match("^/devices/([^/]+)/([^/]+)/rrpc$")
+  if not product_key then return refuse(404, "NotFound", "POST /devices/{product_key}/{device_name}/rrpc") end
+  if ngx.req.get_method() ~= "POST" then return refuse(405, "MethodNotAllowed", "use POST") end
+  local query = ngx.req.get_uri_args()
+  local payload = read_body()
+  if #payload > MAX_PAYLOAD then
+    return refuse(400, "PayloadTooLarge", ("payload is %d bytes, more than %d"):format(#payload, MAX_PAYLOAD))
+  end
+  local ok, res, err = pcall(gateway.client().rrpc, gateway.client(), {
+    product_key = product_key, device_name = device_name, payload = payload,
+    timeout = query.timeout and tonumber(query.timeout) or nil, topic = query.topic,
+  })
+  if not ok then return refuse(400, "InvalidArgument", argument_problem(res)) end
+  local outcome = res or err
+  ngx.header["X-Rrpc-Request-Id"] = outcome.request_id
+  ngx.header["X-Rrpc-Message-Id"] = outcome.message_id
+  ngx.header["X-Rrpc-Attempts"] = outcome.attempts
+  ngx.header["X-Gateway-Worker-Pid"] = ngx.worker.pid()
+  if res then
+    ngx.header["Content-Type"] = "application/octet-stream"
+    ngx.print(res.payload)
+    return ngx.exit(200)
+  end
+  ngx.header["X-Rrpc-Delivered"] = err.delivered
+  if err.retry_after then ngx.header["Retry-After"] = math.ceil(err.retry_after / 1000) end
+  return send_json(status_of(err), { error = error_fields(err) })
+end
+
+function gateway.batch()
+  local product_key = ngx.var.uri:match("^/products/([^/]+)/batch$")
+  if not product_key then return refuse(404, "NotFound", "POST /products/{product_key}/batch") end
+  if ngx.req.get_method() ~= "POST" then return refuse(405, "MethodNotAllowed", "use POST") end
+  local query = ngx.req.get_uri_args()
+  local body = cjson.decode(read_body())
+  if type(body) ~= "table" or type(body.devices) ~= "table" then
+    return refuse(400, "InvalidBody", 'body must be JSON {"devices": [...], "payload": "..."}')
+  end
+  local payload = body.payload
+  if body.payload_base64 then payload = rrpc_ngx.b64decode(tostring(body.payload_base64)) end
+  if type(payload) ~= "string" then
+    return refuse(400, "InvalidBody", "payload (text) or payload_base64 (strict Base64) is required")
+  end
+  local requests = {}
+  for i, device in ipairs(body.devices) do -- a name, or {"device_name": .., "payload": ..}
+    requests[i] = type(device) == "string" and { device_name = device } or device
+  end
+  local ok, results, summary = pcall(rrpc_ngx.batch, gateway.client(), requests, {
+    concurrency = tonumber(query.concurrency or "") or 100,
+    qps = QPS,
+    defaults = { product_key = product_key, payload = payload,
+                 timeout = query.timeout and tonumber(query.timeout) or nil },
+  })
+  if not ok then return refuse(400, "InvalidArgument", argument_problem(results)) end
+  local out = {}
+  for i, r in ipairs(results) do
+    local device = body.devices[i]
+    if r.res then
+      out[i] = { device = device, status = 200, payload_base64 = rrpc_ngx.b64encode(r.res.payload),
+                 message_id = r.res.message_id, request_id = r.res.request_id, attempts = r.res.attempts }
+    else
+      out[i] = { device = device, status = status_of(r.err), error = error_fields(r.err) }
+    end
+  end
+  return send_json(200, { summary = summary, results = out })
+end
+
+-- 200 "ok", with the master's and this worker's PIDs (to tell our nginx from another).
+function gateway.health()
+  local pid_file = io.open(ngx.config.prefix() .. "nginx.pid")
+  ngx.header["X-Gateway-Master-Pid"] = pid_file and pid_file:read("*l")
+  if pid_file then pid_file:close() end
+  ngx.header["X-Gateway-Worker-Pid"] = ngx.worker.pid()
+  ngx.say("ok")
+end
+
+return gateway
