@@ -3,6 +3,7 @@
 --   lua5.4 bench/client.lua sequential ENDPOINT KEY SECRET PK DN CALLS SIGNATURE
 --   lua5.4 bench/client.lua sign CALLS SIGNATURE
 --   lua5.4 bench/client.lua batch ENDPOINT KEY SECRET PK DN CALLS CONCURRENCY QPS IDS_FILE
+--   lua5.4 bench/client.lua gateway GATEWAY_URL PK DN CALLS CONCURRENCY
 local rrpc = require "rrpc"
 local core = require "rrpc.core"
 local cjson = require "cjson"
@@ -82,6 +83,28 @@ elseif mode == "batch" then
     return { calls = calls, ok = ok, errors = codes }
   end)
   ids:close()
+elseif mode == "gateway" then
+  -- plain HTTP load on the OpenResty gateway, through rrpc.core's pool
+  local url, pk, dn, calls, concurrency = table.unpack(arg, 2)
+  calls, concurrency = tonumber(calls), tonumber(concurrency)
+  local target = ("%s/devices/%s/%s/rrpc"):format(url, pk, dn)
+  local pool = core.pool { max_connections = concurrency }
+  result = measure(function()
+    local sent, ok, statuses = 0, 0, {}
+    while sent < calls or pool:count() > 0 do
+      while sent < calls and pool:count() < concurrency do
+        sent = sent + 1
+        pool:add(sent, "POST", target, {}, "ping " .. sent, 30000)
+      end
+      for _, c in ipairs(pool:run(100)) do
+        if c.status == 200 then ok = ok + 1 end
+        local key = tostring(c.status or c.code)
+        statuses[key] = (statuses[key] or 0) + 1
+      end
+    end
+    return { calls = calls, ok = ok, statuses = statuses }
+  end)
+  pool:close()
 else
   error("unknown mode " .. tostring(mode))
 end

@@ -2,9 +2,11 @@
 -- in this run, against the emulator on loopback. Each client runs in a process of its own.
 local cjson = require "cjson"
 local emulator = require "emulator"
+local gateway_server = require "gateway_server"
 
 local SEQUENTIAL_CALLS = tonumber(os.getenv("BENCH_SEQUENTIAL_CALLS") or 1000)
 local SIGN_CALLS = tonumber(os.getenv("BENCH_SIGN_CALLS") or 20000)
+local GATEWAY_CALLS, GATEWAY_CONCURRENCY = tonumber(os.getenv("BENCH_GATEWAY_CALLS") or 5000), 100
 local BATCH_CALLS = tonumber(os.getenv("BENCH_BATCH_CALLS") or 10000)
 local CONCURRENCY, QPS, DEVICE_LATENCY_S = 1000, 1000, 0.2
 local PK, ECHO, D200 = "a1RRpcDemo", "echo", "d200"
@@ -166,6 +168,28 @@ local ok, failure = pcall(function()
     .. "no second above the quota: %s; under 16 KB per call in flight: %.1f KB; every MessageId exact: %s.",
     per_call_us(seq[1][2]) / best_sdk, per_call_us(batch) / best_node_cpu, 100 * (batch.wall_s / ideal - 1),
     rrpc_peak <= QPS and "yes" or "NO", memory_per_call, rrpc_exact == rrpc_total and rrpc_total == BATCH_CALLS and "yes" or "NO")
+
+  -- 4. the OpenResty gateway (one worker) in front of the same emulator, against rrpc.each
+  -- calling the emulator directly at the same concurrency
+  local gw = gateway_server.start { endpoint = emu.url, workers = 1, qps = 1000000 }
+  local through, direct_run
+  local gw_ok, gw_failure = pcall(function()
+    through = lua_client("gateway", gw.url, PK, ECHO, GATEWAY_CALLS, GATEWAY_CONCURRENCY)
+  end)
+  gw:stop()
+  if not gw_ok then error(gw_failure, 0) end
+  local direct_ids = os.tmpname()
+  direct_run = lua_client("batch", emu.url, "testid", "testsecret", PK, ECHO, GATEWAY_CALLS,
+    GATEWAY_CONCURRENCY, 1000000, direct_ids)
+  os.remove(direct_ids)
+  say("")
+  say("4. The OpenResty gateway (1 worker), %d calls to an echo device, %d in flight", GATEWAY_CALLS, GATEWAY_CONCURRENCY)
+  say("")
+  say("| path | calls/s | ok | vs rrpc.each direct |")
+  say("|---|---|---|---|")
+  say("| rrpc.each -> emulator | %.0f | %d | 1.00 |", direct_run.calls / direct_run.wall_s, direct_run.ok)
+  say("| HTTP -> gateway (rrpc.ngx) -> emulator | %.0f | %d | %.2f |", through.calls / through.wall_s, through.ok,
+    (through.calls / through.wall_s) / (direct_run.calls / direct_run.wall_s))
 end)
 emu:stop()
 if not ok then error(failure, 0) end
