@@ -110,7 +110,7 @@ static char *opt_copy(lua_State *L, int t, const char *field)
 }
 
 /* options: { connect_timeout=ms, idle_timeout=s, max_response_bytes=, verify=true,
- *            ca_file=, ca_path=, user_agent= }. The caller must free o's strings even when
+ *            ca_file=, ca_path=, user_agent=, proxy=, no_proxy= }. The caller must free o's strings even when
  * this raises, so o lives in a userdata whose __gc does. */
 void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o)
 {
@@ -124,6 +124,8 @@ void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o)
     o->ca_file = opt_copy(L, t, "ca_file");
     o->ca_path = opt_copy(L, t, "ca_path");
     o->user_agent = opt_copy(L, t, "user_agent");
+    o->proxy = opt_copy(L, t, "proxy");
+    o->no_proxy = opt_copy(L, t, "no_proxy");
 }
 
 void rrpc_options_free(struct rrpc_options *o)
@@ -131,7 +133,9 @@ void rrpc_options_free(struct rrpc_options *o)
     free(o->ca_file);
     free(o->ca_path);
     free(o->user_agent);
-    o->ca_file = o->ca_path = o->user_agent = NULL;
+    free(o->proxy);
+    free(o->no_proxy);
+    o->ca_file = o->ca_path = o->user_agent = o->proxy = o->no_proxy = NULL;
 }
 
 /* libcurl is set up on first use, not when rrpc.core loads: inside nginx (rrpc.ngx) the
@@ -166,6 +170,11 @@ int rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_options *o)
         curl_easy_setopt(e, CURLOPT_CAPATH, o->ca_path);
     if (o->user_agent != NULL)
         curl_easy_setopt(e, CURLOPT_USERAGENT, o->user_agent);
+    /* without these, libcurl follows http_proxy, HTTPS_PROXY, NO_PROXY and friends */
+    if (o->proxy != NULL)
+        curl_easy_setopt(e, CURLOPT_PROXY, o->proxy);
+    if (o->no_proxy != NULL)
+        curl_easy_setopt(e, CURLOPT_NOPROXY, o->no_proxy);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->error);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
@@ -194,13 +203,15 @@ void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int
     const char *url = rrpc_checkstring(L, first + 1, NULL);
     const char *body;
     long timeout_ms;
-    int lines, i, nlines = 0, has_type = 0, is_post = strcmp(method, "POST") == 0;
+    int lines, i, nlines = 0, has_type = 0, is_post = strcmp(method, "POST") == 0,
+        is_put = strcmp(method, "PUT") == 0;
     struct curl_slist *list = NULL;
 
     luaL_checktype(L, first + 2, LUA_TTABLE);
     body = rrpc_checkstring(L, first + 3, &bl);
     timeout_ms = (long)luaL_checkinteger(L, first + 4);
-    luaL_argcheck(L, is_post || strcmp(method, "GET") == 0, first, "\"POST\" or \"GET\" expected");
+    luaL_argcheck(L, is_post || is_put || strcmp(method, "GET") == 0, first,
+                  "\"POST\", \"PUT\" or \"GET\" expected");
     luaL_argcheck(L, timeout_ms > 0, first + 4, "timeout must be positive");
 
     /* all Lua allocation first, so nothing can raise while the curl list is held */
@@ -242,14 +253,17 @@ void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int
     curl_easy_setopt(t->easy, CURLOPT_URL, url);
     curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, list);
     curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
-    if (is_post) {
+    if (is_post || is_put) {
         curl_easy_setopt(t->easy, CURLOPT_POST, 1L);
+        /* PUT with a body in memory (the ECS metadata token): a POST renamed */
+        curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, is_put ? "PUT" : NULL);
         curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bl);
         if (copy_body)
             curl_easy_setopt(t->easy, CURLOPT_COPYPOSTFIELDS, body);
         else /* the caller keeps the Lua string alive for the whole transfer */
             curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, body);
     } else {
+        curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, NULL);
         curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
     }
 }

@@ -17,7 +17,7 @@ struct rrpc_options {
     long connect_ms, idle_s;
     size_t max_response;
     int verify;
-    char *ca_file, *ca_path, *user_agent;
+    char *ca_file, *ca_path, *user_agent, *proxy, *no_proxy;
 };
 
 struct rrpc_transfer {

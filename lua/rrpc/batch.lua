@@ -128,6 +128,10 @@ end
 function Run:send(entry)
   entry.attempts = entry.attempts + 1
   local url, headers, body = client.sign(self.client, self.p, entry.call)
+  if not url then -- no credentials now: settled like any failure, retried if the policy says so
+    self:settle(entry, nil, headers, core.monotime())
+    return
+  end
   self.next_token = self.next_token + 1
   self.pool:add(self.next_token, "POST", url, headers, body, entry.call.http_timeout)
   self.in_flight[self.next_token] = entry
@@ -172,6 +176,11 @@ function Run:complete(c, now)
   else
     err = errors.network(c.code, c.message, c.sent)
   end
+  self:settle(entry, res, err, now)
+end
+
+-- An attempt's outcome: final, or the entry waits for its retry.
+function Run:settle(entry, res, err, now)
   if err and entry.call.retry then
     local delay = entry.call.retry:delay(err, entry.attempts)
     if delay and not (self.deadline and now + delay / 1000 >= self.deadline) then

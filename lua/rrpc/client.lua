@@ -2,6 +2,7 @@
 -- rrpc.batch drives the same steps on a pool of connections.
 local core = require "rrpc.core"
 local args = require "rrpc.args"
+local credentials = require "rrpc.credentials"
 local errors = require "rrpc.errors"
 local limiter = require "rrpc.limiter"
 local retry = require "rrpc.retry"
@@ -61,7 +62,9 @@ local NEW_OPTIONS = {
   region = "string", endpoint = "string", iot_instance_id = "string", signature = "string",
   placement = "string", connect_timeout = "integer", timeout_margin = "integer",
   idle_timeout = "integer", max_response_bytes = "integer", ca_file = "string",
-  ca_path = "string", user_agent = "string",
+  ca_path = "string", user_agent = "string", credentials = "table", profile = "string",
+  metadata_endpoint = "string", proxy = "string", no_proxy = "string",
+  insecure_skip_tls_verify = "boolean",
 }
 
 client.RRPC_OPTIONS = {
@@ -93,6 +96,25 @@ local function default_user_agent()
     os_name, machine, (_VERSION:gsub("^Lua ", "")), core._VERSION)
 end
 
+-- Explicit keys, a provider of the caller's, or the official chain (which raises, listing
+-- where it looked, when it finds nothing).
+local function resolve_credentials(opts, level)
+  if opts.access_key_id or opts.access_key_secret then
+    args.check_required("new", opts, "access_key_id", level + 1)
+    args.check_required("new", opts, "access_key_secret", level + 1)
+    return credentials.static(opts)
+  end
+  if opts.credentials ~= nil then
+    if not credentials.is_provider(opts.credentials) then
+      args.error("new", "option 'credentials' must be a provider from rrpc.credentials", level + 1)
+    end
+    return opts.credentials
+  end
+  local provider, err = credentials.chain { profile = opts.profile, metadata_endpoint = opts.metadata_endpoint }
+  if not provider then error("rrpc.new: " .. err, level + 1) end
+  return provider
+end
+
 --- client.new{ access_key_id=, access_key_secret=, ... } --> client (libcurl)
 function client.new(opts)
   return client.new_with(opts, curl, {}, 3)
@@ -101,8 +123,6 @@ end
 --- client.new_with(opts, transport, transport_settings, level) --> client
 function client.new_with(opts, transport, settings, level)
   args.check_options("new", opts, NEW_OPTIONS, level)
-  args.check_required("new", opts, "access_key_id", level)
-  args.check_required("new", opts, "access_key_secret", level)
   args.check_choice("new", opts, "signature", { v1 = true, v3 = true }, level)
   args.check_choice("new", opts, "placement", { body = true, query = true }, level)
   args.check_range("new", opts, "connect_timeout", 1, 600000, level)
@@ -120,6 +140,7 @@ function client.new_with(opts, transport, settings, level)
   local user_agent = default_user_agent()
   if opts.user_agent then user_agent = user_agent .. " " .. opts.user_agent end
 
+  local provider = resolve_credentials(opts, level + 1)
   local connect_timeout = opts.connect_timeout or 5000
   settings.connect_timeout = connect_timeout
   settings.idle_timeout = opts.idle_timeout
@@ -127,11 +148,14 @@ function client.new_with(opts, transport, settings, level)
   settings.ca_file = opts.ca_file
   settings.ca_path = opts.ca_path
   settings.user_agent = user_agent
+  settings.proxy = opts.proxy
+  settings.no_proxy = opts.no_proxy
+  settings.verify = not opts.insecure_skip_tls_verify
   local self = setmetatable({
     endpoint = endpoint,
     host = host,
     region = region,
-    access_key_id = opts.access_key_id,
+    credentials_source = provider.source,
     iot_instance_id = opts.iot_instance_id,
     signature = opts.signature or "v3",
     placement = opts.placement or "body",
@@ -140,8 +164,7 @@ function client.new_with(opts, transport, settings, level)
     user_agent = user_agent,
   }, Client)
   private[self] = {
-    secret = opts.access_key_secret,
-    token = opts.security_token,
+    credentials = provider,
     transport = transport,
     state = transport.open(settings),
     open = true,
@@ -237,12 +260,20 @@ function client.prepare_rrpc(self, fname, request, default_retry, level)
   }
 end
 
---- client.sign(self, p, call) --> url, headers, body: a fresh nonce and timestamp each time
+--- client.sign(self, p, call) --> url, headers, body | nil, err
+-- A fresh nonce and timestamp each time, with the provider's current credentials.
 function client.sign(self, p, call)
+  local c, why = p.credentials:get()
+  if not c then
+    return nil, errors.new { kind = "credentials", code = "CredentialsUnavailable", message = why,
+                             delivered = "no", retryable = true }
+  end
+  p.secret = c.access_key_secret -- what error messages are scrubbed of
+  p.access_key_id = c.access_key_id
   return core.build_request {
     endpoint = self.endpoint, host = self.host, action = call.action, version = API_VERSION,
-    params = call.params, access_key_id = self.access_key_id, access_key_secret = p.secret,
-    security_token = p.token, region_id = self.region, signature = self.signature,
+    params = call.params, access_key_id = c.access_key_id, access_key_secret = c.access_key_secret,
+    security_token = c.security_token, region_id = self.region, signature = self.signature,
     placement = self.placement,
   }
 end
@@ -280,6 +311,7 @@ end
 local function attempt(self, p, call)
   if p.transport.admit then p.transport.admit(p.state) end
   local url, headers, body = client.sign(self, p, call)
+  if not url then return nil, headers end
   local status, resp_headers, resp_body, sent = p.transport.send(p.state, url, headers, body,
                                                                  call.http_timeout)
   if not status then -- nil, curl code name, message, whether the request may have left
@@ -360,10 +392,12 @@ end
 Client.__close = Client.close
 
 function Client:__tostring()
-  local id = self.access_key_id
+  local p = private[self]
+  local c = p and p.credentials.cached
+  local id = c and c.access_key_id or ""
   local shown = #id > 8 and (id:sub(1, 4) .. "****" .. id:sub(-3)) or "****"
   return ("rrpc.client (%s, key %s, %s%s)"):format(self.endpoint, shown, self.signature,
-    private[self] and private[self].open and "" or ", closed")
+    p and p.open and "" or ", closed")
 end
 
 return client

@@ -155,7 +155,7 @@ end
 
 local function shared_limiter(state, qps)
   return setmetatable({ dict = state.quota_dict, qps = qps,
-                        key = "rrpc:" .. state.access_key_id .. ":" }, SharedLimiter)
+                        key = "rrpc:" .. (state.access_key_id or "account") .. ":" }, SharedLimiter)
 end
 
 function transport.limiter(qps, burst, now, state)

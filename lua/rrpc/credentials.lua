@@ -1,0 +1,269 @@
+-- Where the AccessKey comes from, in the order of the official credential chain:
+-- explicit options, environment variables, the CLI's ~/.aliyun/config.json, the INI file
+-- ~/.alibabacloud/credentials, and the ECS instance's RAM role through the metadata
+-- service. A provider's get() returns the current credentials and refreshes expiring ones
+-- before they expire, so a long-lived client (or a batch) goes on across the refresh.
+-- No error message or tostring() ever contains a secret.
+local core = require "rrpc.core"
+local cjson = require "cjson.safe"
+
+local credentials = {}
+
+local DEFAULT_METADATA = "http://100.100.100.200"
+local METADATA_CONNECT_MS, METADATA_TIMEOUT_MS = 1000, 2000
+local METADATA_TOKEN_TTL_S = 21600
+-- Refresh when less than this is left: a fifth of the lifetime, at most 3 minutes.
+local REFRESH_FRACTION, REFRESH_AT_MOST_S = 0.2, 180
+
+local Provider = {}
+Provider.__index = Provider
+
+function Provider:__tostring()
+  return ("rrpc.credentials (%s)"):format(self.source)
+end
+
+local function new_provider(source, fetch)
+  return setmetatable({ source = source, fetch = fetch }, Provider)
+end
+
+-- "2026-11-27T04:00:00Z" -> seconds since the epoch (UTC), or nil.
+local function parse_utc(text)
+  local y, mo, d, h, mi, s = tostring(text):match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)Z$")
+  if not y then return nil end
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  -- days from civil (Howard Hinnant's algorithm), free of the local time zone
+  if mo <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * (mo + (mo > 2 and -3 or 9)) + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  local days = era * 146097 + doe - 719468
+  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(s)
+end
+credentials.parse_utc = parse_utc
+
+--- provider:get() --> { access_key_id, access_key_secret, security_token, expiration } | nil, err
+-- Cached until close to `expiration`; a failed refresh keeps credentials that are still valid.
+function Provider:get()
+  local now = os.time()
+  local c = self.cached
+  if c and (not c.expiration or now < c.refresh_at) then return c end
+  local fresh, err = self.fetch()
+  if not fresh then
+    if c and now < c.expiration then return c end
+    return nil, err
+  end
+  if fresh.expiration then
+    local left = fresh.expiration - now
+    fresh.refresh_at = fresh.expiration - math.min(REFRESH_AT_MOST_S, left * REFRESH_FRACTION)
+  end
+  self.cached = fresh
+  return fresh
+end
+
+local function check_pair(where, id, secret)
+  if (id == nil or id == "") ~= (secret == nil or secret == "") then
+    return nil, ("%s has %s but not %s"):format(where,
+      (id and id ~= "") and "an AccessKey ID" or "an AccessKey secret",
+      (id and id ~= "") and "its secret" or "its ID")
+  end
+  return id ~= nil and id ~= ""
+end
+
+--- credentials.static{ access_key_id=, access_key_secret=, security_token= } --> provider
+function credentials.static(c, source)
+  local fixed = { access_key_id = c.access_key_id, access_key_secret = c.access_key_secret,
+                  security_token = c.security_token }
+  local provider = new_provider(source or "options", function() return fixed end)
+  provider.cached = fixed -- nothing to fetch: known from the start
+  return provider
+end
+
+--- credentials.environment(getenv) --> provider | nil (not set) | nil, err (half set)
+-- ALIBABA_CLOUD_ACCESS_KEY_ID, ALIBABA_CLOUD_ACCESS_KEY_SECRET, ALIBABA_CLOUD_SECURITY_TOKEN
+function credentials.environment(getenv)
+  getenv = getenv or os.getenv
+  local id, secret = getenv("ALIBABA_CLOUD_ACCESS_KEY_ID"), getenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+  local present, err = check_pair("the environment (ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET)", id, secret)
+  if not present then return nil, err end
+  return credentials.static({ access_key_id = id, access_key_secret = secret,
+                              security_token = getenv("ALIBABA_CLOUD_SECURITY_TOKEN") }, "environment")
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local text = f:read("*a")
+  f:close()
+  return text
+end
+
+-- The instance metadata service (IMDSv2 style: a session token first).
+local function metadata_get(session, base, path, token)
+  local status, code, body = session:perform("GET", base .. path,
+    { ["X-aliyun-ecs-metadata-token"] = token }, "", METADATA_TIMEOUT_MS)
+  if not status then return nil, ("%s: %s (%s)"):format(path, body, code) end
+  if status ~= 200 then return nil, ("%s answered HTTP %d"):format(path, status) end
+  return body
+end
+
+--- credentials.ecs_ram_role{ role_name = nil (asks the service), metadata_endpoint = } --> provider
+function credentials.ecs_ram_role(opts)
+  opts = opts or {}
+  local base = (opts.metadata_endpoint or DEFAULT_METADATA):gsub("/$", "")
+  local session = core.session { connect_timeout = METADATA_CONNECT_MS }
+  local role = opts.role_name
+  local token, token_expires = nil, 0
+  local source = ("ECS RAM role %s via %s"):format(role or "(from the instance)", base)
+  return new_provider(source, function()
+    local function fail(why) return nil, ("ECS metadata at %s: %s"):format(base, why) end
+    if os.time() >= token_expires then
+      local status, code, body = session:perform("PUT", base .. "/latest/api/token",
+        { ["X-aliyun-ecs-metadata-token-ttl-seconds"] = tostring(METADATA_TOKEN_TTL_S) }, "", METADATA_TIMEOUT_MS)
+      if not status then return fail(("token: %s (%s)"):format(body, code)) end
+      if status ~= 200 then return fail(("token: HTTP %d"):format(status)) end
+      token, token_expires = body, os.time() + METADATA_TOKEN_TTL_S - 60
+    end
+    if not role then
+      local list, err = metadata_get(session, base, "/latest/meta-data/ram/security-credentials/", token)
+      if not list then return fail(err) end
+      role = list:match("^%s*([^%s]+)")
+      if not role then return fail("the instance has no RAM role") end
+    end
+    local body, err = metadata_get(session, base, "/latest/meta-data/ram/security-credentials/" .. role, token)
+    if not body then return fail(err) end
+    local doc = cjson.decode(body)
+    if type(doc) ~= "table" or doc.Code ~= "Success" or type(doc.AccessKeyId) ~= "string"
+       or type(doc.AccessKeySecret) ~= "string" or type(doc.SecurityToken) ~= "string" then
+      return fail(("credentials of role %s: not a successful credentials document"):format(role))
+    end
+    local expiration = parse_utc(doc.Expiration)
+    if not expiration then
+      return fail(("credentials of role %s: Expiration %s is not YYYY-MM-DDThh:mm:ssZ"):format(role,
+        tostring(doc.Expiration)))
+    end
+    return { access_key_id = doc.AccessKeyId, access_key_secret = doc.AccessKeySecret,
+             security_token = doc.SecurityToken, expiration = expiration }
+  end)
+end
+
+local function profile_provider(where, p, fields, opts)
+  local mode = p[fields.mode]
+  if fields.ak_modes[mode] then
+    local present, err = check_pair(where, p[fields.id], p[fields.secret])
+    if not present then return nil, err or (where .. " has no AccessKey") end
+    if fields.token_modes[mode] and not p[fields.token] then
+      return nil, where .. " is an STS profile without a token (" .. fields.token .. ")"
+    end
+    return credentials.static({ access_key_id = p[fields.id], access_key_secret = p[fields.secret],
+                                security_token = fields.token_modes[mode] and p[fields.token] or nil }, where)
+  elseif fields.role_modes[mode] then
+    return credentials.ecs_ram_role { role_name = p[fields.role], metadata_endpoint = opts.metadata_endpoint }
+  end
+  return nil, ("%s: mode %s is not supported (use %s)"):format(where, tostring(mode), fields.supported)
+end
+
+--- credentials.cli_profile{ profile=, path= } --> provider | nil (no file or profile) | nil, err
+-- The CLI's ~/.aliyun/config.json: modes AK, StsToken, EcsRamRole.
+function credentials.cli_profile(opts)
+  local path = opts.path
+  local text = read_file(path)
+  if not text then return nil end
+  local doc = cjson.decode(text)
+  if type(doc) ~= "table" or type(doc.profiles) ~= "table" then
+    return nil, ("%s: not a CLI configuration (JSON with a \"profiles\" array)"):format(path)
+  end
+  local name = opts.profile or doc.current or "default"
+  for _, p in ipairs(doc.profiles) do
+    if type(p) == "table" and p.name == name then
+      return profile_provider(("profile %s of %s"):format(name, path), p, {
+        mode = "mode", id = "access_key_id", secret = "access_key_secret", token = "sts_token",
+        role = "ram_role_name", ak_modes = { AK = true, StsToken = true }, token_modes = { StsToken = true },
+        role_modes = { EcsRamRole = true }, supported = "AK, StsToken or EcsRamRole",
+      }, opts)
+    end
+  end
+  return nil
+end
+
+-- A small INI reader: [section] and key = value lines, ; and # comments.
+local function parse_ini(text, path)
+  local sections, current = {}, nil
+  local n = 0
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+    n = n + 1
+    line = line:gsub("\r$", ""):gsub("^%s+", ""):gsub("%s+$", "")
+    if line ~= "" and not line:find("^[;#]") then
+      local section = line:match("^%[%s*([^%]]-)%s*%]$")
+      if section then
+        current = {}
+        sections[section] = current
+      else
+        local key, value = line:match("^([%w_%.%-]+)%s*=%s*(.-)$")
+        if not key or not current then
+          return nil, ("%s line %d: expected [section] or key = value"):format(path, n)
+        end
+        current[key] = value
+      end
+    end
+  end
+  return sections
+end
+
+--- credentials.ini_file{ profile=, path= } --> provider | nil | nil, err
+-- ~/.alibabacloud/credentials: type = access_key | ecs_ram_role.
+function credentials.ini_file(opts)
+  local text = read_file(opts.path)
+  if not text then return nil end
+  local sections, err = parse_ini(text, opts.path)
+  if not sections then return nil, err end
+  local name = opts.profile or "default"
+  local section = sections[name]
+  if not section then return nil end
+  return profile_provider(("section [%s] of %s"):format(name, opts.path), section, {
+    mode = "type", id = "access_key_id", secret = "access_key_secret", token = "security_token",
+    role = "role_name", ak_modes = { access_key = true, sts = true }, token_modes = { sts = true },
+    role_modes = { ecs_ram_role = true }, supported = "access_key, sts or ecs_ram_role",
+  }, opts)
+end
+
+--- credentials.chain{ profile=, metadata_endpoint=, getenv=, home= } --> provider | nil, err
+-- The first source that has credentials wins; the error lists where it looked.
+function credentials.chain(opts)
+  opts = opts or {}
+  local getenv = opts.getenv or os.getenv
+  local home = opts.home or getenv("HOME") or ""
+  local profile = opts.profile or getenv("ALIBABA_CLOUD_PROFILE")
+  local looked = {}
+
+  local provider, err = credentials.environment(getenv)
+  if provider or err then return provider, err end
+  looked[#looked + 1] = "environment (ALIBABA_CLOUD_ACCESS_KEY_ID)"
+
+  local cli_path = home .. "/.aliyun/config.json"
+  provider, err = credentials.cli_profile { path = cli_path, profile = profile,
+                                            metadata_endpoint = opts.metadata_endpoint }
+  if provider or err then return provider, err end
+  looked[#looked + 1] = cli_path .. (profile and (" (profile " .. profile .. ")") or "")
+
+  local ini_path = getenv("ALIBABA_CLOUD_CREDENTIALS_FILE") or (home .. "/.alibabacloud/credentials")
+  provider, err = credentials.ini_file { path = ini_path, profile = profile,
+                                         metadata_endpoint = opts.metadata_endpoint }
+  if provider or err then return provider, err end
+  looked[#looked + 1] = ini_path .. (profile and (" [" .. profile .. "]") or "")
+
+  if getenv("ALIBABA_CLOUD_ECS_METADATA_DISABLED") ~= "true" then
+    provider = credentials.ecs_ram_role { role_name = getenv("ALIBABA_CLOUD_ECS_METADATA"),
+                                          metadata_endpoint = opts.metadata_endpoint }
+    local c, why = provider:get()
+    if c then return provider end
+    looked[#looked + 1] = why
+  else
+    looked[#looked + 1] = "ECS metadata (disabled by ALIBABA_CLOUD_ECS_METADATA_DISABLED)"
+  end
+  return nil, "no credentials found; looked in: " .. table.concat(looked, "; ")
+end
+
+credentials.is_provider = function(value) return getmetatable(value) == Provider end
+
+return credentials
