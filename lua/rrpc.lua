@@ -4,6 +4,7 @@
 local core = require "rrpc.core"
 local batch = require "rrpc.batch"
 local client = require "rrpc.client"
+local credentials = require "rrpc.credentials"
 local errors = require "rrpc.errors"
 local retry = require "rrpc.retry"
 
@@ -20,4 +21,5 @@ return {
   batch = batch.batch,
   each = batch.each,
   retry = retry,
+  credentials = credentials,
 }
