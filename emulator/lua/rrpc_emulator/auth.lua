@@ -4,6 +4,7 @@
 local crypto = require "rrpc_emulator.crypto"
 local reply = require "rrpc_emulator.reply"
 local sign = require "rrpc_emulator.sign"
+local sts = require "rrpc_emulator.sts"
 
 local reject = reply.reject
 
@@ -47,14 +48,21 @@ local function check_api(version, action, known_actions)
   end
 end
 
-local function find_key(registry, id)
+-- An access key of the registry (which ignores a security token, like the
+-- platform), or an STS key, which is only valid with its own token.
+local function find_key(registry, id, security_token)
   local key = registry.access_keys[id]
+  if key then
+    if key.inactive then
+      reject(400, "InvalidAccessKeyId.Inactive", "Specified access key is disabled.")
+    end
+    return key
+  end
+  key = sts.find(registry, id)
   if not key then
     reject(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
   end
-  if key.inactive then
-    reject(400, "InvalidAccessKeyId.Inactive", "Specified access key is disabled.")
-  end
+  sts.check_token(key, security_token)
   return key
 end
 
@@ -99,14 +107,14 @@ local function authenticate_v1(request, registry, known_actions, note)
     reject_incomplete("SignatureVersion must be 1.0.")
   end
   check_api(params.Version, params.Action, known_actions)
-  local key = find_key(registry, params.AccessKeyId)
+  local key = find_key(registry, params.AccessKeyId, params.SecurityToken)
   check_time(key, params.Timestamp)
   local string_to_sign = sign.v1_string_to_sign(request.method, params)
   if sign.v1_signature(key.secret, string_to_sign) ~= params.Signature then
     reject_mismatch(string_to_sign)
   end
   claim_nonce(params.AccessKeyId, params.SignatureNonce)
-  return params.Action, params.AccessKeyId
+  return params.Action, params.AccessKeyId, key
 end
 
 local function single_header(request, name)
@@ -174,7 +182,7 @@ local function authenticate_v3(request, registry, known_actions, note)
     end
   end
   check_api(headers["x-acs-version"], headers["x-acs-action"], known_actions)
-  local key = find_key(registry, fields.Credential)
+  local key = find_key(registry, fields.Credential, single_header(request, "x-acs-security-token"))
   check_time(key, headers["x-acs-date"])
   local body_sha256 = crypto.sha256_hex(request.body)
   if headers["x-acs-content-sha256"] ~= body_sha256 then
@@ -192,10 +200,11 @@ local function authenticate_v3(request, registry, known_actions, note)
     reject_mismatch(string_to_sign)
   end
   claim_nonce(fields.Credential, headers["x-acs-signature-nonce"])
-  return headers["x-acs-action"], fields.Credential
+  return headers["x-acs-action"], fields.Credential, key
 end
 
--- Returns the authenticated action name and AccessKeyId. `request` is {method, query, params,
+-- Returns the authenticated action name, AccessKeyId and key ({secret,
+-- clock_offset_s, qps} from the registry, or an STS key). `request` is {method, query, params,
 -- headers, body} (see handler.lua); `note(field, value)` records sig, key and
 -- action for the access log as soon as they are known.
 function auth.authenticate(request, registry, known_actions, note)

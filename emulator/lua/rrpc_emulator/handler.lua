@@ -1,9 +1,11 @@
--- Entry points called from nginx.conf: start-up, the API at "/", the health
--- check, the usage statistics and the 404 for every other path.
+-- Entry points called from nginx.conf: start-up, the API at "/", the ECS
+-- metadata service under /latest/, the health check, the usage statistics, the
+-- metadata service's mode and the 404 for every other path.
 local cjson = require "cjson"
 local ngx_process = require "ngx.process"
 local actions = require "rrpc_emulator.actions"
 local auth = require "rrpc_emulator.auth"
+local metadata = require "rrpc_emulator.metadata"
 local registry_loader = require "rrpc_emulator.registry"
 local reply = require "rrpc_emulator.reply"
 local usage = require "rrpc_emulator.usage"
@@ -80,8 +82,8 @@ local function process_api()
   local request = read_request()
   note("pk", request.params.ProductKey)
   note("dn", request.params.DeviceName)
-  local action, key_id = auth.authenticate(request, registry, actions, note)
-  usage.admit(key_id, registry.access_keys[key_id])
+  local action, key_id, key = auth.authenticate(request, registry, actions, note)
+  usage.admit(key_id, key)
   return actions[action](request.params, registry)
 end
 
@@ -114,6 +116,14 @@ function handler.unknown_path()
   return serve(reject_unknown_path)
 end
 
+function handler.metadata()
+  return metadata.serve(registry)
+end
+
+function handler.metadata_mode()
+  return metadata.configure()
+end
+
 -- The master PID lets a test harness tell its own emulator from another one
 -- that already listens on the port it tried.
 function handler.health()
@@ -122,13 +132,16 @@ function handler.health()
   ngx.print("ok")
 end
 
--- GET: the per-AccessKey counts (usage.lua) as JSON; POST .../reset clears them.
+-- GET: the per-AccessKey counts (usage.lua) and the metadata service's request
+-- counts as JSON; POST .../reset clears both.
 function handler.stats()
   if ngx.req.get_method() ~= "GET" then
     return ngx.exit(ngx.HTTP_NOT_ALLOWED)
   end
+  local report = usage.report(registry)
+  report.metadata = metadata.counts()
   ngx.header["Content-Type"] = "application/json"
-  ngx.print(cjson.encode(usage.report(registry)))
+  ngx.print(cjson.encode(report))
 end
 
 function handler.reset_stats()
@@ -136,6 +149,7 @@ function handler.reset_stats()
     return ngx.exit(ngx.HTTP_NOT_ALLOWED)
   end
   usage.reset()
+  metadata.reset_counts()
   return ngx.exit(ngx.HTTP_NO_CONTENT)
 end
 

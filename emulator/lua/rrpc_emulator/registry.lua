@@ -1,9 +1,11 @@
--- The registry of access keys, instances, products and devices (--devices FILE).
+-- The registry of access keys, STS keys, RAM roles, instances, products and
+-- devices (--devices FILE).
 -- Loaded and checked once when nginx starts: any problem stops start-up with a
 -- message naming the file and the offending entry.
 local cjson = require "cjson.safe"
 local devices = require "rrpc_emulator.devices"
 local latency = require "rrpc_emulator.latency"
+local sign = require "rrpc_emulator.sign"
 
 local registry = {}
 
@@ -89,6 +91,8 @@ end
 
 local TOP_FIELDS = {
   access_keys = { check = is_object, description = "an object", required = true },
+  sts_keys = { check = is_object, description = "an object" },
+  ram_roles = { check = is_object, description = "an object" },
   instances = { check = is_array, description = "an array of instance ids" },
   products = { check = is_object, description = "an object", required = true },
 }
@@ -100,6 +104,24 @@ local ACCESS_KEY_FIELDS = {
   qps = {
     check = function(value) return is_integer(value) and value >= 1 end,
     description = "a positive integer (authenticated calls per second)",
+  },
+}
+
+local STS_KEY_FIELDS = {
+  secret = { check = non_empty_string, description = "a non-empty string", required = true },
+  token = { check = non_empty_string, description = "a non-empty string", required = true },
+  expires = {
+    check = function(value) return type(value) == "string" and sign.parse_timestamp(value) ~= nil end,
+    description = 'a UTC time "YYYY-MM-DDThh:mm:ssZ"',
+    required = true,
+  },
+}
+
+local RAM_ROLE_FIELDS = {
+  ttl_s = {
+    check = function(value) return is_integer(value) and value >= 1 end,
+    description = "a positive integer (seconds the credentials of each fetch are valid)",
+    required = true,
   },
 }
 
@@ -194,7 +216,34 @@ local function check_device(path, where, device)
   end
 end
 
--- Returns { access_keys = {id -> key}, instances = {id -> true}, products = {key -> product} }.
+-- Static STS keys: "STS." ids, like the platform's, that no access key has;
+-- `expires` becomes epoch seconds.
+local function load_sts_keys(path, sts_keys, access_keys)
+  for id, key in pairs(sts_keys) do
+    local where = "sts_keys." .. id
+    check_fields(path, where, key, STS_KEY_FIELDS)
+    if id:sub(1, 4) ~= "STS." or access_keys[id] then
+      problem(path, where, 'must start with "STS." and not be an access key')
+    end
+    key.expires = sign.parse_timestamp(key.expires)
+  end
+  return sts_keys
+end
+
+-- RAM role names end the metadata service's URL path, so they are one path segment.
+local function load_ram_roles(path, ram_roles)
+  for name, role in pairs(ram_roles) do
+    local where = "ram_roles." .. name
+    if not name:find("^[%w.%-]+$") then
+      problem(path, where, "a role name must have letters, digits, periods and hyphens only")
+    end
+    check_fields(path, where, role, RAM_ROLE_FIELDS)
+  end
+  return ram_roles
+end
+
+-- Returns { access_keys = {id -> key}, sts_keys = {id -> {secret, token, expires (epoch)}},
+-- ram_roles = {name -> {ttl_s}}, instances = {id -> true}, products = {key -> product} }.
 function registry.load(path)
   local file, open_err = io.open(path, "rb")
   if not file then
@@ -211,6 +260,8 @@ function registry.load(path)
   for id, key in pairs(data.access_keys) do
     check_fields(path, "access_keys." .. id, key, ACCESS_KEY_FIELDS)
   end
+  local sts_keys = load_sts_keys(path, data.sts_keys or {}, data.access_keys)
+  local ram_roles = load_ram_roles(path, data.ram_roles or {})
   local instances = {}
   for i, id in ipairs(data.instances or {}) do
     if not non_empty_string(id) then
@@ -229,7 +280,13 @@ function registry.load(path)
     end
   end
 
-  return { access_keys = data.access_keys, instances = instances, products = data.products }
+  return {
+    access_keys = data.access_keys,
+    sts_keys = sts_keys,
+    ram_roles = ram_roles,
+    instances = instances,
+    products = data.products,
+  }
 end
 
 return registry

@@ -29,16 +29,18 @@ function usage.admit(key_id, key)
   end
 end
 
+local function no_calls(qps)
+  return { total = 0, throttled = 0, max_per_second = 0, max_accepted_per_second = 0, per_second = {}, qps = qps }
+end
+
 -- {keys = {<key id> = {total, throttled, max_per_second, max_accepted_per_second,
 -- per_second = {<epoch second as text> = count}, qps (when the key has one)}}},
--- with every key of the registry, called or not.
+-- with every access key of the registry, called or not, and every STS key that
+-- made a call (only authenticated keys are counted, so any other id is one).
 function usage.report(registry)
   local keys = {}
   for key_id, key in pairs(registry.access_keys) do
-    keys[key_id] = {
-      total = 0, throttled = 0, max_per_second = 0, max_accepted_per_second = 0,
-      per_second = {}, qps = key.qps,
-    }
+    keys[key_id] = no_calls(key.qps)
   end
   for _, name in ipairs(store:get_keys(0)) do
     local count = store:get(name)
@@ -46,8 +48,9 @@ function usage.report(registry)
     if not kind then
       kind, key_id = name:match("^(%a+)\n(.*)$")
     end
-    local stats = count and keys[key_id]
-    if stats then
+    if count then
+      local stats = keys[key_id] or no_calls()
+      keys[key_id] = stats
       if second then
         stats.per_second[second] = count
         stats.max_per_second = math.max(stats.max_per_second, count)
