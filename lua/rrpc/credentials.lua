@@ -22,9 +22,13 @@ function Provider:__tostring()
   return ("rrpc.credentials (%s)"):format(self.source)
 end
 
-local function new_provider(source, fetch)
-  return setmetatable({ source = source, fetch = fetch }, Provider)
+--- credentials.provider(source, fetch, clock) --> provider
+-- Your own source: fetch() returns { access_key_id, access_key_secret, security_token,
+-- expiration = epoch seconds or nil } or nil, err; clock (default os.time) tells the time.
+function credentials.provider(source, fetch, clock)
+  return setmetatable({ source = source, fetch = fetch, clock = clock or os.time }, Provider)
 end
+local new_provider = credentials.provider
 
 -- "2026-11-27T04:00:00Z" -> seconds since the epoch (UTC), or nil.
 local function parse_utc(text)
@@ -45,7 +49,7 @@ credentials.parse_utc = parse_utc
 --- provider:get() --> { access_key_id, access_key_secret, security_token, expiration } | nil, err
 -- Cached until close to `expiration`; a failed refresh keeps credentials that are still valid.
 function Provider:get()
-  local now = os.time()
+  local now = self.clock()
   local c = self.cached
   if c and (not c.expiration or now < c.refresh_at) then return c end
   local fresh, err = self.fetch()
