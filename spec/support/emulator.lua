@@ -6,9 +6,14 @@
 --   e:log_lines()   -- the access-log lines so far
 --   e:stop()        -- SIGTERM, wait for the exit, remove the temp files; idempotent
 --
+--   -- With an HTTPS listener too (certificates: spec/support/tls.lua):
+--   local e = emulator.start{ tls = { cert = t.cert, key = t.key } }
+--   -- e.https_url ("https://127.0.0.1:<tls port>"), e.tls_port; e.url stays plain HTTP
+--
 -- nginx writes an access-log line just after it has sent the response, so a
 -- spec that reads the log right after a request may have to wait briefly.
 local system = require "system"
+local suite_log = require "suite_log"
 
 local emulator = {}
 
@@ -28,7 +33,7 @@ end
 
 local function command_output(command)
   local pipe = assert(io.popen(command))
-  local output = pipe:read("a")
+  local output = pipe:read("*a")
   pipe:close()
   return output
 end
@@ -38,7 +43,7 @@ local function read_file(path)
   if not file then
     return ""
   end
-  local text = file:read("a")
+  local text = file:read("*a")
   file:close()
   return text
 end
@@ -51,9 +56,10 @@ local function alive(pid)
 end
 
 -- The health check answers with the nginx master PID, so an emulator that was
--- already listening on the port is not mistaken for ours.
-local function answers_health(port, pid)
-  local headers = command_output("curl -s -m 1 -o /dev/null -D - http://127.0.0.1:" .. port .. "/__emulator/health")
+-- already listening on the port is not mistaken for ours. `url` is the base URL;
+-- HTTPS is checked without verifying the certificate (-k): specs test that.
+local function answers_health(url, pid)
+  local headers = command_output("curl -s -k -m 1 -o /dev/null -D - " .. url .. "/__emulator/health")
   return headers:match("^HTTP/%S+ 200") ~= nil and headers:lower():match("\nx%-emulator%-pid: (%d+)") == tostring(pid)
 end
 
@@ -73,26 +79,35 @@ end
 local Emulator = {}
 Emulator.__index = Emulator
 
--- Starts emulator/run on `port`; returns the emulator, or nil, the error text
--- and whether the port was taken (worth another try).
-local function launch(port, options, dir)
+-- Starts emulator/run on `port` (and `tls_port` when options.tls is set); returns
+-- the emulator, or nil, the error text and whether a port was taken (worth another try).
+local function launch(port, tls_port, options, dir)
   local access_log = dir .. "/access.log"
   local stderr = dir .. "/stderr.log"
-  local command = string.format("%s/emulator/run --port %d --devices %s --workers %d --log %s"
+  local tls_options = ""
+  if options.tls then
+    tls_options = string.format(" --tls-port %d --tls-cert %s --tls-key %s",
+      tls_port, quote(options.tls.cert), quote(options.tls.key))
+  end
+  local command = string.format("%s/emulator/run --port %d --devices %s --workers %d --log %s%s"
     .. " </dev/null >%s 2>%s & echo $!",
-    quote(ROOT), port, quote(options.devices), options.workers, quote(access_log),
+    quote(ROOT), port, quote(options.devices), options.workers, quote(access_log), tls_options,
     quote(dir .. "/stdout.log"), quote(stderr))
   local pid = tonumber(command_output(command):match("%d+"))
+  local url = "http://127.0.0.1:" .. port
+  local https_url = options.tls and "https://127.0.0.1:" .. tls_port
   local deadline = system.monotime() + START_TIMEOUT_S
   while system.monotime() < deadline do
     if not alive(pid) then
       local errors = read_file(stderr)
       return nil, errors, errors:find("Address already in use", 1, true) ~= nil
     end
-    if answers_health(port, pid) then
+    if answers_health(url, pid) and (not https_url or answers_health(https_url, pid)) then
       return setmetatable({
-        url = "http://127.0.0.1:" .. port,
+        url = url,
         port = port,
+        https_url = https_url,
+        tls_port = https_url and tls_port,
         pid = pid,
         log = access_log,
         stderr = stderr,
@@ -105,17 +120,24 @@ local function launch(port, options, dir)
   return nil, "no answer within " .. START_TIMEOUT_S .. " s\n" .. read_file(stderr), false
 end
 
--- options: devices (default emulator/devices.json in the repository), workers (default 1).
+-- options: devices (default emulator/devices.json in the repository), workers (default 1),
+-- tls = { cert = PEM file, key = PEM file } (default none: no HTTPS listener).
 function emulator.start(options)
   options = options or {}
+  if options.tls and not (options.tls.cert and options.tls.key) then
+    error("emulator.start: tls needs cert and key", 2)
+  end
   local settings = {
     devices = options.devices or ROOT .. "/emulator/devices.json",
     workers = options.workers or 1,
+    tls = options.tls,
   }
   local failure
   for _ = 1, PORT_ATTEMPTS do
     local dir = command_output("mktemp -d /tmp/rrpc-emulator-spec.XXXXXX"):match("[^\n]+")
-    local instance, err, port_taken = launch(math.random(20000, 45000), settings, dir)
+    local port = math.random(20000, 45000)
+    local tls_port = port < 45000 and port + 1 or port - 1 -- a neighbour: both are retried if taken
+    local instance, err, port_taken = launch(port, tls_port, settings, dir)
     if instance then
       return instance
     end
@@ -142,6 +164,7 @@ function Emulator:stop()
   end
   self.stopped = true
   terminate(self.pid)
+  suite_log.keep("emulator", { self.log, self.stderr })
   os.execute("rm -rf " .. quote(self.dir))
 end
 

@@ -5,6 +5,7 @@
 --   -- g.url, g.pid, g.log (access log), g.stderr
 --   g:stop()  -- SIGTERM, wait for the exit; idempotent
 local system = require "system"
+local suite_log = require "suite_log"
 
 local gateway = {}
 
@@ -95,6 +96,7 @@ function Gateway:stop()
   if self.stopped then return end
   self.stopped = true
   terminate(self.pid)
+  suite_log.keep("gateway", { self.log, self.stderr })
   os.execute("rm -rf " .. quote(self.dir))
 end
 
