@@ -37,6 +37,22 @@ static int l_platform(lua_State *L)
     return 2;
 }
 
+void rrpc_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                    lua_CFunction close, lua_CFunction tostring)
+{
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+}
+
 /* monotime() --> seconds of a clock that never jumps (for deadlines and rate limits) */
 static int l_monotime(lua_State *L)
 {

@@ -73,15 +73,5 @@ void rrpc_open_session(lua_State *L)
         {"close", session_close},
         {NULL, NULL},
     };
-    luaL_newmetatable(L, RRPC_SESSION_MT);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, session_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, session_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, session_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    rrpc_new_class(L, RRPC_SESSION_MT, methods, session_close, session_tostring);
 }

@@ -347,15 +347,5 @@ void rrpc_open_pool(lua_State *L)
         {"close", pool_close},
         {NULL, NULL},
     };
-    luaL_newmetatable(L, RRPC_POOL_MT);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, pool_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, pool_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, pool_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    rrpc_new_class(L, RRPC_POOL_MT, methods, pool_close, pool_tostring);
 }

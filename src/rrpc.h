@@ -23,6 +23,10 @@ static inline const char *rrpc_checkstring(lua_State *L, int i, size_t *n)
     return lua_tolstring(L, i, n);
 }
 
+/* core.c: the metatable of a userdata type; `close` also runs on __gc and __close */
+void rrpc_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                    lua_CFunction close, lua_CFunction tostring);
+
 /* codec.c */
 void rrpc_percent_encode(luaL_Buffer *b, const char *s, size_t n);
 void rrpc_push_b64encode(lua_State *L, const unsigned char *s, size_t n);
