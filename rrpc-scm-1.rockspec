@@ -37,8 +37,10 @@ build = {
     ["rrpc.args"] = "lua/rrpc/args.lua",
     ["rrpc.batch"] = "lua/rrpc/batch.lua",
     ["rrpc.client"] = "lua/rrpc/client.lua",
+    ["rrpc.credentials"] = "lua/rrpc/credentials.lua",
     ["rrpc.errors"] = "lua/rrpc/errors.lua",
     ["rrpc.limiter"] = "lua/rrpc/limiter.lua",
+    ["rrpc.ngx"] = "lua/rrpc/ngx.lua",
     ["rrpc.retry"] = "lua/rrpc/retry.lua",
   },
 }

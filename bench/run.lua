@@ -32,7 +32,7 @@ end
 local function lua_client(...)
   local argv = { ... }
   for i, a in ipairs(argv) do argv[i] = ("'%s'"):format(a) end
-  return run_json("LUA_PATH='./lua/?.lua;;' LUA_CPATH='./build/?.so;;' lua5.4 bench/client.lua "
+  return run_json("LUA_PATH='./lua/?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/client.lua "
     .. table.concat(argv, " "))
 end
 

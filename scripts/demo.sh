@@ -46,5 +46,5 @@ echo "emulator: http://127.0.0.1:$port (pid $emulator_pid); calling device a1RRp
 RRPC_ENDPOINT="http://127.0.0.1:$port" \
 ALIBABA_CLOUD_ACCESS_KEY_ID=LTAI5tRRpcDemoKey \
 ALIBABA_CLOUD_ACCESS_KEY_SECRET=RRpcDemoSecretNotForProduction \
-LUA_PATH="./lua/?.lua;;" LUA_CPATH="./build/?.so;;" \
+LUA_PATH="./lua/?.lua;;" LUA_CPATH="./build/lua5.4/?.so;;" \
   lua5.4 examples/quickstart.lua a1RRpcDemo echo "${1:-hello from rrpc}"

@@ -5,10 +5,13 @@ set -euo pipefail
 
 packages=(
   gcc libc6-dev make pkg-config            # build the C core
-  lua5.4 liblua5.4-dev                      # the Lua it is built for
+  lua5.4 liblua5.4-dev                      # the Lua it is built for by default
+  lua5.1 liblua5.1-0-dev lua5.3 liblua5.3-dev # and the others it is built and tested for
+  luajit2 libluajit2-5.1-dev                # LuaJIT (OpenResty's, as nginx's Lua module uses):
+                                            # never Debian's plain luajit, which removes that module
   libcurl4-openssl-dev libssl-dev           # HTTP and signatures
   lua-cjson                                 # response parsing
-  lua-busted                                # specs
+  lua-busted lua-system                     # specs (Debian's lua-* ship every Lua, 5.1 to 5.4)
   luarocks                                  # the rockspec
   nginx libnginx-mod-http-lua               # the emulator (nginx with its Lua module)
   curl ca-certificates procps               # the specs' readiness checks and process control

@@ -1,19 +1,89 @@
 #!/usr/bin/env bash
-# Runs the busted specs under Lua 5.4 and ends with one line: "N passed, N failed".
+# Runs the busted specs under one Lua VM, against that VM's own build of rrpc.core:
+#
+#   LUA=luajit scripts/test.sh [busted options]
+#       busted --lua=luajit --cpath=./build/luajit/?.so (LUA: lua5.1, lua5.3, lua5.4 (the
+#       default) or luajit); ends with one line: "N passed, N failed, N skipped"
+#   LUAS="lua5.1 lua5.3 lua5.4 luajit" scripts/test.sh --all [busted options]
+#       builds (make build LUA=...) and runs each VM in turn, each ending with its own line
+#       "<vm>: N passed, N failed, N skipped", then one line for them all: "N passed, N failed"
+#
+# The exit status is 0 only when every spec of every VM passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+all=""
+if [ "${1:-}" = "--all" ]; then
+  all=1
+  shift
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-busted --lua=lua5.4 -o plainTerminal "$@" 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
 
-# busted: "12 successes / 0 failures / 1 error / 0 pending : 3.2 seconds"
-summary=$(grep -E '^[0-9]+ successe?s? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' "$log" | tail -n 1)
-if [ -z "$summary" ]; then
-  echo "0 passed, 1 failed"
-  exit 1
+# Runs busted under VM $1 (the remaining arguments go to busted); sets passed, failed,
+# skipped. A run that ends without busted's summary counts as one failure.
+run_busted() {
+  local vm=$1 status summary failures errs
+  shift
+  passed=0 failed=1 skipped=0
+  if ! command -v "$vm" >/dev/null 2>&1; then
+    echo "test: no interpreter '$vm' (make deps installs lua5.1, lua5.3, lua5.4 and luajit)" >&2
+    return 1
+  fi
+  if [ ! -f "build/$vm/rrpc/core.so" ]; then
+    echo "test: build/$vm/rrpc/core.so is missing (make build LUA=$vm)" >&2
+    return 1
+  fi
+  busted --lua="$vm" --cpath="./build/$vm/?.so" -o plainTerminal "$@" 2>&1 | tee "$log"
+  status=${PIPESTATUS[0]}
+
+  # busted: "12 successes / 0 failures / 1 error / 0 pending : 3.2 seconds"
+  summary=$(grep -E '^[0-9]+ successe?s? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' "$log" | tail -n 1)
+  [ -n "$summary" ] || return 1
+  read -r passed _ _ failures _ _ errs _ _ skipped _ <<<"$summary"
+  failed=$((failures + errs))
+  [ "$status" -eq 0 ] && [ "$failed" -eq 0 ]
+}
+
+if [ -z "$all" ]; then
+  run_busted "${LUA:-lua5.4}" "$@"
+  status=$?
+  echo "$passed passed, $failed failed, $skipped skipped"
+  exit "$status"
 fi
-read -r passed _ _ failures _ _ errs _ _ pending _ <<<"$summary"
-echo "$passed passed, $((failures + errs)) failed, $pending skipped"
-[ "$status" -eq 0 ] && [ $((failures + errs)) -eq 0 ]
+
+vms=(${LUAS:-lua5.1 lua5.3 lua5.4 luajit})
+# Every build first: the OpenResty specs load nginx's (LuaJIT's) under every VM.
+declare -A built
+for vm in "${vms[@]}" luajit; do
+  [ -n "${built[$vm]:-}" ] && continue
+  if make -s --no-print-directory build LUA="$vm"; then
+    built[$vm]=ok
+  else
+    echo "test: building rrpc.core for $vm failed" >&2
+    built[$vm]=failed
+  fi
+done
+
+total_passed=0 total_failed=0 lines=()
+for vm in "${vms[@]}"; do
+  echo "== $vm"
+  started=$SECONDS
+  if [ "${built[$vm]}" = ok ]; then
+    run_busted "$vm" "$@"
+  else
+    passed=0 failed=1 skipped=0
+  fi
+  line="$vm: $passed passed, $failed failed, $skipped skipped"
+  echo "== $vm took $((SECONDS - started)) s"
+  echo "$line"
+  lines+=("$line")
+  total_passed=$((total_passed + passed))
+  total_failed=$((total_failed + failed))
+done
+
+echo "== every VM"
+printf '%s\n' "${lines[@]}"
+echo "$total_passed passed, $total_failed failed"
+[ "$total_failed" -eq 0 ]

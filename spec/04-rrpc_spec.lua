@@ -6,6 +6,27 @@ local system = require "system"
 local KEY, SECRET = "LTAI5tRRpcDemoKey", "RRpcDemoSecretNotForProduction"
 local PK = "a1RRpcDemo"
 
+-- MessageIds are exact decimal strings above 2^53. Arithmetic on them needs 64-bit
+-- integers (Lua 5.3+), so every VM checks them digit by digit, and 5.3+ by arithmetic too.
+local TWO_TO_53 = "9007199254740992"
+local function above_2_53(digits)
+  return #digits > #TWO_TO_53 or (#digits == #TWO_TO_53 and digits > TWO_TO_53)
+end
+
+-- "1299" -> "1300"
+local function plus_one(digits)
+  local i = #digits
+  while i > 0 and digits:sub(i, i) == "9" do i = i - 1 end
+  if i == 0 then return "1" .. ("0"):rep(#digits) end
+  return digits:sub(1, i - 1) .. string.char(digits:byte(i) + 1) .. ("0"):rep(#digits - i)
+end
+
+-- `<close>` is Lua 5.4 syntax: elsewhere such a spec is listed as pending, with the reason.
+local it_lua54 = _VERSION >= "Lua 5.4" and it or function(name)
+  pending(name .. " (pending: to-be-closed variables need Lua 5.4, this is "
+    .. (rawget(_G, "jit") and jit.version or _VERSION) .. ")")
+end
+
 describe("client:rrpc against the emulator", function()
   local emu, client
   local seen_errors = {} -- every error of this file, checked for the secret at the end
@@ -94,12 +115,18 @@ describe("client:rrpc against the emulator", function()
       local previous
       for _ = 1, 5 do
         local res = assert(call("echo"))
-        local id = math.tointeger(tonumber(res.message_id))
-        assert.is_true(id > 2^53)
-        assert.equal(res.message_id, tostring(id))
+        local digits = res.message_id
+        assert.matches("^[1-9]%d*$", digits)
+        assert.is_true(above_2_53(digits), digits)
         -- the emulator counts up by one; a double would have steps of 256 here
-        if previous then assert.equal(previous + 1, id) end
-        previous = id
+        if previous then assert.equal(plus_one(previous), digits) end
+        if math.tointeger then -- the same with 64-bit integers
+          local id = math.tointeger(tonumber(digits))
+          assert.is_true(id > 2^53)
+          assert.equal(digits, tostring(id))
+          if previous then assert.equal(math.tointeger(tonumber(previous)) + 1, id) end
+        end
+        previous = digits
       end
     end)
 
@@ -301,7 +328,8 @@ describe("client:rrpc against the emulator", function()
         c:close()
         assert.is_true(doc.Success)
         assert.matches("^%d+$", doc.MessageId)
-        assert.is_true(math.tointeger(tonumber(doc.MessageId)) > 2^53)
+        assert.is_true(above_2_53(doc.MessageId), doc.MessageId)
+        if math.tointeger then assert.is_true(math.tointeger(tonumber(doc.MessageId)) > 2^53) end
       end
     end)
 
@@ -327,9 +355,9 @@ describe("client:rrpc against the emulator", function()
         "attempt to use a closed client in 'rrpc'")
     end)
 
-    it("a to-be-closed client is closed at the end of its scope", function()
+    it_lua54("a to-be-closed client is closed at the end of its scope", function()
       -- compiled at run time: `<close>` is Lua 5.4 syntax
-      local scope = assert(load([[
+      local scope = assert((loadstring or load)([[
         local new, call = ...
         local kept
         do

@@ -35,7 +35,7 @@ describe("error classification", function()
     { "SomethingNew", 400, "api", "no", false },
   }
   for _, case in ipairs(cases) do
-    local code, status, kind, delivered, retryable = table.unpack(case)
+    local code, status, kind, delivered, retryable = (table.unpack or unpack)(case)
     it(("%s with HTTP %d is %s, delivered %s%s"):format(code, status, kind, delivered,
         retryable and ", retryable" or ""), function()
       local err = errors.api(code, { status = status, request_id = "R" })

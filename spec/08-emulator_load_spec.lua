@@ -10,7 +10,7 @@ local KEY, SECRET = "LTAI5tRRpcDemoKey", "RRpcDemoSecretNotForProduction"
 
 local function curl(args)
   local pipe = assert(io.popen("curl -s " .. args))
-  local output = pipe:read("a")
+  local output = pipe:read("*a")
   pipe:close()
   return output
 end
@@ -331,7 +331,7 @@ describe("registry checks for the load fields", function()
       "devices.d.faults: needs a fault_rate" },
   }
   for _, case in ipairs(cases) do
-    local name, access_key, device, message = table.unpack(case)
+    local name, access_key, device, message = (table.unpack or unpack)(case)
     it("refuses " .. name, function()
       assert.matches(message, start_error(access_key, device), 1, true)
     end)

@@ -387,7 +387,7 @@ describe("against the emulator", function()
 
     it("drops the calls in flight when the loop is left early, and the client goes on", function()
       local n = 0
-      local scope = assert(load([[
+      local scope = assert((loadstring or load)([[
         local rrpc, client, requests = ...
         local n = 0
         for _ in rrpc.each(client, requests, { concurrency = 5 }) do

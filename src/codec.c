@@ -52,13 +52,14 @@ void rrpc_sha256_hex(const char *s, size_t n, char out[65])
 
 void rrpc_push_b64encode(lua_State *L, const unsigned char *s, size_t n)
 {
+    /* each chunk goes through a local array: Lua 5.1 and LuaJIT have no luaL_prepbuffsize */
+    unsigned char out[4 * (B64_ENCODE_CHUNK / 3) + 1]; /* EVP_EncodeBlock adds a NUL */
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     while (n > 0) {
         size_t take = n < B64_ENCODE_CHUNK ? n : B64_ENCODE_CHUNK;
-        char *out = luaL_prepbuffsize(&b, 4 * ((take + 2) / 3) + 1);
-        int written = EVP_EncodeBlock((unsigned char *)out, s, (int)take);
-        luaL_addsize(&b, (size_t)written);
+        int written = EVP_EncodeBlock(out, s, (int)take);
+        luaL_addlstring(&b, (const char *)out, (size_t)written);
         s += take;
         n -= take;
     }
@@ -100,6 +101,7 @@ int rrpc_push_b64decode(lua_State *L, const char *str, size_t n)
     const unsigned char *s = (const unsigned char *)str;
     const char *bad = b64_check(s, n);
     size_t pad, done;
+    unsigned char out[3 * (B64_DECODE_CHUNK / 4)];
     luaL_Buffer b;
     if (bad != NULL) {
         lua_pushnil(L);
@@ -110,10 +112,9 @@ int rrpc_push_b64decode(lua_State *L, const char *str, size_t n)
     luaL_buffinit(L, &b);
     for (done = 0; done < n; done += B64_DECODE_CHUNK) {
         size_t take = n - done < B64_DECODE_CHUNK ? n - done : B64_DECODE_CHUNK;
-        char *out = luaL_prepbuffsize(&b, take / 4 * 3);
-        int written = EVP_DecodeBlock((unsigned char *)out, s + done, (int)take);
+        int written = EVP_DecodeBlock(out, s + done, (int)take);
         /* EVP_DecodeBlock counts padding as zero bytes: drop them on the last chunk */
-        luaL_addsize(&b, (size_t)written - (done + take == n ? pad : 0));
+        luaL_addlstring(&b, (const char *)out, (size_t)written - (done + take == n ? pad : 0));
     }
     luaL_pushresult(&b);
     return 1;

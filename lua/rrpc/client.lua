@@ -92,8 +92,8 @@ end
 
 local function default_user_agent()
   local os_name, machine = core.platform()
-  return ("AlibabaCloud (%s; %s) Lua/%s rrpc/%s"):format(
-    os_name, machine, (_VERSION:gsub("^Lua ", "")), core._VERSION)
+  local lua = jit and jit.version:gsub("^LuaJIT ", "LuaJIT/") or _VERSION:gsub("^Lua ", "Lua/")
+  return ("AlibabaCloud (%s; %s) %s rrpc/%s"):format(os_name, machine, lua, core._VERSION)
 end
 
 -- Explicit keys, a provider of the caller's, or the official chain (which raises, listing
