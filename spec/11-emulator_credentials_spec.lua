@@ -6,22 +6,14 @@
 local rrpc = require "rrpc"
 local core = require "rrpc.core"
 local emulator = require "emulator"
+local process = require "process"
 local system = require "system"
 local tls = require "tls"
 
 local ROLES_PATH = "/latest/meta-data/ram/security-credentials/"
 local PK = "a1RRpcDemo"
 
-local function quote(text)
-  return "'" .. text:gsub("'", "'\\''") .. "'"
-end
-
-local function command_output(command)
-  local pipe = assert(io.popen(command))
-  local output = pipe:read("*a")
-  pipe:close()
-  return output
-end
+local quote, command_output = process.quote, process.output
 
 -- curl with `options` (a shell fragment) against `url`: the status and the body.
 local function curl(options, url)
