@@ -17,6 +17,7 @@ may have received the message.
 dependencies = {
   "lua >= 5.1",
   "lua-cjson",
+  "argparse",     -- bin/rrpc
 }
 external_dependencies = {
   CURL = { header = "curl/curl.h" },
@@ -43,4 +44,9 @@ build = {
     ["rrpc.ngx"] = "lua/rrpc/ngx.lua",
     ["rrpc.retry"] = "lua/rrpc/retry.lua",
   },
+  install = {
+    bin = { rrpc = "bin/rrpc" },
+  },
+  -- beside the rock's bin/, where `rrpc emulator` looks for it
+  copy_directories = { "emulator" },
 }
