@@ -101,7 +101,7 @@ describe("installation under " .. VM .. " #build", function()
   it("the rockspec builds offline with luarocks", function()
     -- a copy, so the build's object files stay out of the checkout
     local src = dir .. "/src"
-    assert(run(("mkdir -p '%s' && cp -r src lua rrpc-scm-1.rockspec '%s' && rm -f '%s'/src/*.o"):format(src, src, src)))
+    assert(run(("mkdir -p '%s' && cp -r src lua bin emulator rrpc-scm-1.rockspec '%s' && rm -f '%s'/src/*.o"):format(src, src, src)))
     local tree = dir .. "/tree"
     -- LuaJIT: luarocks' Lua 5.1 mode (LuaJIT's module directories) with LuaJIT's headers
     local headers = VM == "luajit" and " LUA_INCDIR=/usr/include/luajit-2.1" or ""
@@ -111,5 +111,6 @@ describe("installation under " .. VM .. " #build", function()
     local out2 = check_installed(tree .. "/share/lua/" .. LUA_VERSION .. "/?.lua",
       tree .. "/lib/lua/" .. LUA_VERSION .. "/?.so")
     assert.equal("OLeaidS1JvxuMvnyHOwuJ+uX5qY= " .. tree .. "/lib/lua/" .. LUA_VERSION .. "/rrpc/core.so", out2)
+    assert.is_truthy(io.open(tree .. "/bin/rrpc"), "the rock installs the command line")
   end)
 end)
