@@ -27,13 +27,64 @@ static size_t skip_string(const char *s, size_t n, size_t i)
     return n;
 }
 
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Whether the JSON string s[i..end) (both quotes included) spells `key` once its escapes
+ * are decoded, as cjson decodes them: "Message\u0049d" is the member MessageId too. `key`
+ * is ASCII, so only escapes of ASCII characters can match. */
+static int string_is(const char *s, size_t i, size_t end, const char *key, size_t keylen)
+{
+    size_t k = 0, last = end - 1; /* the closing quote */
+    for (i++; i < last; k++) {
+        unsigned v = (unsigned char)s[i];
+        if (v == '\\') {
+            if (i + 1 >= last)
+                return 0;
+            switch (s[i + 1]) {
+            case '"': case '\\': case '/': v = (unsigned char)s[i + 1]; break;
+            case 'b': v = '\b'; break;
+            case 'f': v = '\f'; break;
+            case 'n': v = '\n'; break;
+            case 'r': v = '\r'; break;
+            case 't': v = '\t'; break;
+            case 'u': {
+                int d, j;
+                if (last - i < 6)
+                    return 0;
+                for (v = 0, j = 2; j < 6; j++) {
+                    if ((d = hex_digit(s[i + j])) < 0)
+                        return 0;
+                    v = v * 16 + (unsigned)d;
+                }
+                i += 4;
+                break;
+            }
+            default: return 0;
+            }
+            i += 2;
+        } else {
+            i++;
+        }
+        if (k >= keylen || v != (unsigned char)key[k])
+            return 0;
+    }
+    return k == keylen;
+}
+
 static int is_number_char(char c)
 {
     return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E';
 }
 
-/* Finds the number value of member `key` of the top-level object (the last one, as cjson
- * keeps the last of duplicate keys). Returns 1 and its span, or 0. */
+/* Finds the number value of member `key` (ASCII) of the top-level object (the last one,
+ * as cjson keeps the last of duplicate keys, however each spells the key). Returns 1 and
+ * its span, or 0. Safe on any input; meaningful on JSON that cjson accepted. */
 int rrpc_find_member_number(const char *s, size_t n, const char *key, size_t *start,
                             size_t *len)
 {
@@ -45,7 +96,7 @@ int rrpc_find_member_number(const char *s, size_t n, const char *key, size_t *st
         char c = s[i];
         if (c == '"') {
             size_t end = skip_string(s, n, i);
-            int is_key = depth == 1 && end - i >= 2 && end - i - 2 == keylen && memcmp(s + i + 1, key, keylen) == 0;
+            int is_key = depth == 1 && end - i >= 2 && string_is(s, i, end, key, keylen);
             i = skip_space(s, n, end);
             if (is_key && i < n && s[i] == ':') {
                 size_t v = skip_space(s, n, i + 1), e = v;
@@ -85,6 +136,14 @@ int l_decode_response(lua_State *L)
 {
     size_t n, start, len;
     const char *s = rrpc_checkstring(L, 1, &n);
+    /* cjson takes a NUL byte for the end of the text and would accept '{"a":1}\0<anything>';
+     * JSON has no raw NUL (a string escapes it as \u0000) */
+    const char *nul = memchr(s, '\0', n);
+    if (nul != NULL) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "invalid JSON (a NUL byte at character %d)", (int)(nul - s) + 1);
+        return 2;
+    }
     lua_settop(L, 1);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_pushvalue(L, 1);
@@ -93,7 +152,8 @@ int l_decode_response(lua_State *L)
         lua_pushfstring(L, "invalid JSON (%s)", lua_tostring(L, 2));
         return 2;
     }
-    if (!lua_istable(L, 2)) {
+    /* an array decodes to a table too */
+    if (!lua_istable(L, 2) || s[skip_space(s, n, 0)] != '{') {
         lua_pushnil(L);
         lua_pushliteral(L, "invalid JSON (not an object)");
         return 2;

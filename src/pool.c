@@ -143,9 +143,9 @@ int l_pool(lua_State *L)
 
     p = lua_newuserdatauv(L, sizeof *p, 0);
     memset(p, 0, sizeof *p);
+    p->epoll_fd = -1; /* before anything can raise: the __gc closes it when >= 0 */
     luaL_setmetatable(L, RRPC_POOL_MT);
     rrpc_options_read(L, 1, &p->options);
-    p->epoll_fd = -1;
     p->max_idle = max_connections;
     p->timer_at = -1;
     p->epoll_fd = epoll_create1(EPOLL_CLOEXEC);

@@ -238,8 +238,10 @@ static const char *req_string(lua_State *L, int t, const char *field)
     return s;
 }
 
-/* Pushes a lower-case copy of a header name into the anchor table and returns it. */
-static const char *lower_name(lua_State *L, int anchors, const char *name, size_t n)
+/* Stores a lower-case copy of a header name in the anchor table under `slot` and returns
+ * it. The slot is the caller's to choose: collect_params already keeps converted numbers
+ * at 1..n, so the table has holes and its length names no free slot. */
+static const char *lower_name(lua_State *L, int anchors, int slot, const char *name, size_t n)
 {
     char low[MAX_HEADER_NAME];
     size_t i;
@@ -248,10 +250,8 @@ static const char *lower_name(lua_State *L, int anchors, const char *name, size_
     for (i = 0; i < n; i++)
         low[i] = (char)tolower((unsigned char)name[i]);
     lua_pushlstring(L, low, n);
-    lua_rawseti(L, anchors, (int)lua_rawlen(L, anchors) + 1);
-    lua_rawgeti(L, anchors, (int)lua_rawlen(L, anchors));
     name = lua_tostring(L, -1);
-    lua_pop(L, 1); /* still referenced by the anchor table */
+    lua_rawseti(L, anchors, slot); /* the table keeps the string alive */
     return name;
 }
 
@@ -298,10 +298,11 @@ int l_sign_v3(lua_State *L)
 
     /* keep only what V3 signs; host comes from its own field */
     for (i = 0; i < nh; i++) {
-        const char *name = lower_name(L, anchors, h[i].k, h[i].kl);
-        if (!is_v3_signed_header(name, h[i].kl) || strcmp(name, "host") == 0)
+        const char *name = lower_name(L, anchors, (int)(nh + i + 1), h[i].k, h[i].kl);
+        /* lengths, not strcmp: a name may hold a NUL ("host\0x" is not host) */
+        if (!is_v3_signed_header(name, h[i].kl) || (h[i].kl == 4 && memcmp(name, "host", 4) == 0))
             continue;
-        if (strcmp(name, "x-acs-content-sha256") == 0)
+        if (h[i].kl == 20 && memcmp(name, "x-acs-content-sha256", 20) == 0)
             have_sha = 1;
         h[kept] = h[i];
         h[kept++].k = name;

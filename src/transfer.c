@@ -81,9 +81,11 @@ static long opt_number(lua_State *L, int t, const char *field, long def, long lo
     long v = def;
     lua_getfield(L, t, field);
     if (!lua_isnil(L, -1)) {
-        if (!lua_isnumber(L, -1) || lua_tonumber(L, -1) < lo || lua_tonumber(L, -1) > hi)
+        lua_Number n = lua_tonumber(L, -1);
+        /* written so that NaN fails too: converting it to long is undefined */
+        if (!lua_isnumber(L, -1) || !(n >= lo && n <= hi))
             luaL_error(L, "bad field '%s' (number in %d..%d expected)", field, (int)lo, (int)hi);
-        v = (long)lua_tonumber(L, -1);
+        v = (long)n;
     }
     lua_pop(L, 1);
     return v;
@@ -162,6 +164,9 @@ int rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_options *o)
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, RECEIVE_BUFFER_BYTES);
+    /* a Content-Length over the limit fails at once, before any of the body is read;
+     * on_body bounds the rest (chunked, or decompressed) */
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_response);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, o->verify ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, o->verify ? 2L : 0L);
     if (o->ca_file != NULL)
@@ -198,9 +203,9 @@ void rrpc_transfer_close(struct rrpc_transfer *t)
 
 void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int copy_body)
 {
-    size_t bl;
-    const char *method = rrpc_checkstring(L, first, NULL);
-    const char *url = rrpc_checkstring(L, first + 1, NULL);
+    size_t bl, ml, ul;
+    const char *method = rrpc_checkstring(L, first, &ml);
+    const char *url = rrpc_checkstring(L, first + 1, &ul);
     const char *body;
     long timeout_ms;
     int lines, i, nlines = 0, has_type = 0, is_post = strcmp(method, "POST") == 0,
@@ -210,8 +215,10 @@ void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int
     luaL_checktype(L, first + 2, LUA_TTABLE);
     body = rrpc_checkstring(L, first + 3, &bl);
     timeout_ms = (long)luaL_checkinteger(L, first + 4);
-    luaL_argcheck(L, is_post || is_put || strcmp(method, "GET") == 0, first,
+    /* both reach libcurl as C strings, which a NUL byte would silently cut short */
+    luaL_argcheck(L, strlen(method) == ml && (is_post || is_put || strcmp(method, "GET") == 0), first,
                   "\"POST\", \"PUT\" or \"GET\" expected");
+    luaL_argcheck(L, strlen(url) == ul, first + 1, "URL without NUL bytes expected");
     luaL_argcheck(L, timeout_ms > 0, first + 4, "timeout must be positive");
 
     /* all Lua allocation first, so nothing can raise while the curl list is held */
@@ -303,11 +310,12 @@ static const char *curl_code_name(CURLcode c)
     }
 }
 
-/* Failures that happen before the request can have left this machine. */
+/* Failures that happen before the request can have left this machine. Not
+ * CURLE_UNSUPPORTED_PROTOCOL: an answer that is not HTTP at all gives it too ("Received
+ * HTTP/0.9"); before the transfer began, a pretransfer time of 0 tells. */
 static int fails_before_sending(CURLcode c)
 {
     switch (c) {
-    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_URL_MALFORMAT:
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_RESOLVE_HOST:
@@ -369,10 +377,10 @@ int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc
     curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &total);
     if (rc != CURLE_OK) {
         const char *name = curl_code_name(rc);
-        int sent = !fails_before_sending(rc) &&
-                   !(rc == CURLE_OPERATION_TIMEDOUT && pretransfer == 0);
+        /* libcurl counts at least 1 us once the transfer began: 0 means nothing was sent */
+        int sent = !fails_before_sending(rc) && pretransfer != 0;
         lua_pushnil(L);
-        if (t->too_large) {
+        if (t->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
             lua_pushliteral(L, "ResponseTooLarge");
             lua_pushfstring(L, "response larger than max_response_bytes (%d)",
                             (int)t->options->max_response);

@@ -7,6 +7,8 @@ local errors = require "rrpc.errors"
 local limiter = require "rrpc.limiter"
 local retry = require "rrpc.retry"
 
+local json_null = require("cjson").null
+
 local client = {}
 
 -- How calls travel. This one is libcurl: a session (one easy handle) for single calls,
@@ -197,36 +199,59 @@ local function check_retry(fname, value, default, level)
     .. type(value), level + 1)
 end
 
-local function message_id(doc)
-  local id = doc.MessageId
-  if type(id) == "number" then return ("%.0f"):format(id) end
-  return type(id) == "string" and id or nil
+-- What the fields of the platform's answers must be. A field of another type means the
+-- answer is not the platform's, whatever else it says; JSON null counts as absent.
+local FIELD_KINDS = {
+  string = { named = "a string", check = function(v) return type(v) == "string" end },
+  boolean = { named = "a boolean", check = function(v) return type(v) == "boolean" end },
+  -- decode_response has turned an integer into its exact digits, so a number left here is
+  -- a fraction or an exponent, which no MessageId is
+  digits = { named = "an integer", check = function(v) return type(v) == "string" and v:find("^%d+$") ~= nil end },
+}
+local COMMON_FIELDS = {
+  { "RequestId", "string" }, { "Success", "boolean" }, { "Code", "string" },
+  { "Message", "string" }, { "ErrorMessage", "string" }, { "MessageId", "digits" },
+}
+local RRPC_FIELDS = { { "RrpcCode", "string" }, { "PayloadBase64Byte", "string" } }
+
+-- Says what is wrong with the first field of `fields` that doc has of the wrong kind, or nil.
+local function field_problem(doc, fields)
+  for _, field in ipairs(fields) do
+    local name, kind = field[1], FIELD_KINDS[field[2]]
+    local value = doc[name]
+    if value == json_null then
+      doc[name] = nil
+    elseif value ~= nil and not kind.check(value) then
+      return ("field '%s' must be %s, got %s"):format(name, kind.named, type(value))
+    end
+  end
 end
 
 -- The RRpc answer: the device's reply, or its state as an error.
 local function rrpc_outcome(doc)
+  local problem = field_problem(doc, RRPC_FIELDS)
+  if problem then
+    return nil, errors.invalid_response(200, problem, doc.RequestId, doc.MessageId)
+  end
   local code = doc.RrpcCode
   if code == "SUCCESS" then
-    local encoded = type(doc.PayloadBase64Byte) == "string" and doc.PayloadBase64Byte or ""
-    local payload, why = core.b64decode(encoded)
+    local payload, why = core.b64decode(doc.PayloadBase64Byte or "")
     if not payload then
-      return nil, errors.new { kind = "http", code = "InvalidResponse", status = 200,
-        message = "reply payload is not Base64 (" .. why .. ")", request_id = doc.RequestId,
-        message_id = message_id(doc), delivered = "maybe" }
+      return nil, errors.invalid_response(200, "reply payload is not Base64 (" .. why .. ")",
+        doc.RequestId, doc.MessageId)
     end
-    return { payload = payload, message_id = message_id(doc), request_id = doc.RequestId,
+    return { payload = payload, message_id = doc.MessageId, request_id = doc.RequestId,
              rrpc_code = code }
   end
-  if type(code) == "string" then
+  if code then
     return nil, errors.device(code, code, { status = 200, request_id = doc.RequestId,
-                                            message_id = message_id(doc) })
+                                            message_id = doc.MessageId })
   end
-  return nil, errors.new { kind = "http", code = "InvalidResponse", status = 200,
-    message = "response has no RrpcCode", request_id = doc.RequestId, delivered = "maybe" }
+  return nil, errors.invalid_response(200, "response has no RrpcCode", doc.RequestId)
 end
 
+-- client:request answers with the decoded document itself, its fields checked.
 local function request_outcome(doc)
-  doc.MessageId = message_id(doc)
   return doc
 end
 
@@ -291,6 +316,10 @@ function client.interpret(p, call, status, headers, body)
   if not doc then
     return nil, errors.http(status, ("HTTP %d with a body that is not the platform's JSON: %s"):format(
       status, why), request_id)
+  end
+  local problem = field_problem(doc, COMMON_FIELDS)
+  if problem then
+    return nil, errors.invalid_response(status, problem, request_id)
   end
   if type(doc.Code) == "string" and (doc.Success ~= true or status >= 400) then
     local message = doc.Message or doc.ErrorMessage

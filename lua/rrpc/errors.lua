@@ -105,15 +105,26 @@ function errors.network(code, message, sent)
   }
 end
 
--- A response that is not the platform's JSON (an HTML 502 from a proxy, a truncated body).
-function errors.http(status, message, request_id)
+-- An answer that is not the platform's: judged by its status alone.
+local function http_error(code, status, message, request_id, message_id)
   local rejected = status >= 400 and status < 500 -- turned away before any processing
   return errors.new {
-    kind = "http", code = "HTTP" .. status, status = status, message = message,
-    request_id = request_id,
+    kind = "http", code = code, status = status, message = message,
+    request_id = request_id, message_id = message_id,
     delivered = (rejected or status == 503) and "no" or "maybe",
     retryable = status == 503 or status == 429,
   }
+end
+
+-- A response that is not the platform's JSON (an HTML 502 from a proxy, a truncated body).
+function errors.http(status, message, request_id)
+  return http_error("HTTP" .. status, status, message, request_id)
+end
+
+-- JSON that is not what the platform sends: a field of the wrong type, a reply payload
+-- that is not Base64, an RRpc answer without RrpcCode.
+function errors.invalid_response(status, message, request_id, message_id)
+  return http_error("InvalidResponse", status, message, request_id, message_id)
 end
 
 -- A device state other than SUCCESS; `code` is the RrpcCode or the platform's error code.

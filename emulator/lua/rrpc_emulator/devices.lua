@@ -1,6 +1,7 @@
 -- What the simulated devices do with an RRpc request once the platform has
 -- accepted it: one function per registry `behaviour`, optionally delayed by a
 -- `latency` distribution and replaced at random by a fault (`fault_rate`).
+local hostile = require "rrpc_emulator.hostile"
 local latency = require "rrpc_emulator.latency"
 local reply = require "rrpc_emulator.reply"
 
@@ -20,11 +21,14 @@ devices.state_behaviours = { slow = true, offline = true, halfconn = true, silen
 -- Behaviours that set their own timing, so a `latency` would only add to it.
 devices.timed_behaviours = { slow = true, silent = true, hang = true }
 
--- Platform-side failures a device's `faults` list may name.
+-- Platform-side failures a device's `faults` list may name, the hostile ones included.
 devices.fault_behaviours = {
   internal_error = true, unavailable = true, throttled = true, ratelimit = true,
-  reset = true, html502 = true, bad_json = true, system_error = true,
+  reset = true, html502 = true, system_error = true,
 }
+for name in pairs(hostile.faults) do
+  devices.fault_behaviours[name] = true
+end
 devices.default_faults = { "internal_error", "unavailable", "reset" }
 
 local STATE_MESSAGES = {
@@ -47,13 +51,7 @@ local function sleep_ms(ms)
   ngx.sleep(ms / 1000) -- yields to nginx: other requests go on meanwhile
 end
 
-local function success(reply_bytes)
-  return reply.json({
-    Success = true,
-    RrpcCode = "SUCCESS",
-    PayloadBase64Byte = ngx.encode_base64(reply_bytes),
-  }, "SUCCESS", reply.next_message_id())
-end
+local success = reply.success
 
 local function state(device, rrpc_code, with_message_id)
   if device.error_style then
@@ -124,10 +122,10 @@ devices.behaviours = {
     sleep_ms(timeout_ms + 60000)
     return reply.close("hang")
   end,
-  bad_json = function()
-    return reply.truncated_json("bad_json")
-  end,
 }
+for name, behaviour in pairs(hostile.behaviours) do
+  devices.behaviours[name] = behaviour
+end
 
 -- The latency comes first, so a fault arrives after it too.
 function devices.answer(device, request, timeout_ms)

@@ -4,6 +4,7 @@
 -- message naming the file and the offending entry.
 local cjson = require "cjson.safe"
 local devices = require "rrpc_emulator.devices"
+local hostile = require "rrpc_emulator.hostile"
 local latency = require "rrpc_emulator.latency"
 local sign = require "rrpc_emulator.sign"
 
@@ -137,6 +138,7 @@ local DEVICE_FIELDS = {
     required = true,
   },
   transform = { check = one_of(devices.transforms), description = "one of " .. names_of(devices.transforms) },
+  field = { check = one_of(hostile.wrong_types), description = "one of " .. names_of(hostile.wrong_types) },
   latency_ms = {
     check = function(value) return is_integer(value) and value >= 0 end,
     description = "a non-negative integer",
@@ -194,6 +196,9 @@ local function check_device(path, where, device)
   local behaviour = device.behaviour
   if (behaviour == "transform") ~= (device.transform ~= nil) then
     problem(path, where .. ".transform", 'is required with behaviour "transform" and only there')
+  end
+  if (behaviour == "wrong_type") ~= (device.field ~= nil) then
+    problem(path, where .. ".field", 'is required with behaviour "wrong_type" and only there')
   end
   if (behaviour == "slow") ~= (device.latency_ms ~= nil) then
     problem(path, where .. ".latency_ms", 'is required with behaviour "slow" and only there')

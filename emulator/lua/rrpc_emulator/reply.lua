@@ -9,6 +9,8 @@ local EPOCH_2010_MS = 1262304000000
 
 local reply = {}
 
+reply.JSON_TYPE = JSON_TYPE
+
 local Rejection = {}
 
 -- Stops the request with an error body {Success:false, Code, Message, ErrorMessage}.
@@ -62,16 +64,28 @@ function reply.json(fields, code, message_id)
   return { status = 200, fields = fields, code = code, message_id = message_id }
 end
 
+-- The device's SUCCESS answer carrying `reply_bytes`, with the next MessageId unless one
+-- is given.
+function reply.success(reply_bytes, message_id)
+  return reply.json({
+    Success = true,
+    RrpcCode = "SUCCESS",
+    PayloadBase64Byte = ngx.encode_base64(reply_bytes),
+  }, "SUCCESS", message_id or reply.next_message_id())
+end
+
 function reply.html(status, body, code)
   return { status = status, html = body, code = code }
 end
 
-function reply.truncated_json(code)
-  return { status = 200, truncated = true, code = code }
-end
-
+-- Closes the connection without any response, with an orderly FIN.
 function reply.close(code)
   return { close = true, code = code }
+end
+
+-- An answer that `write(request_id)` gives by itself (the hostile behaviours).
+function reply.custom(code, write)
+  return { code = code, write = write }
 end
 
 function reply.from_rejection(rejection)
@@ -88,35 +102,42 @@ function reply.from_rejection(rejection)
   }
 end
 
-function reply.send(outcome, request_id)
-  if outcome.close then
-    return ngx.exit(444) -- nginx's code for closing the connection without a response
+-- The status and headers of the platform's JSON answers. The access log pairs the ids the
+-- client got (rid=, mid=), to check that it kept the MessageId exact.
+function reply.json_headers(status, request_id, message_id)
+  ngx.status = status
+  ngx.header["Content-Type"] = JSON_TYPE
+  ngx.header["x-acs-request-id"] = request_id
+  ngx.var.rrpc_rid = request_id
+  if message_id then
+    ngx.var.rrpc_mid = message_id
   end
-  ngx.status = outcome.status
+end
+
+function reply.send(outcome, request_id)
+  if outcome.write then
+    return outcome.write(request_id)
+  end
+  if outcome.close then
+    -- nginx's code for closing without a response, in a location that closes with a FIN
+    -- (location = / resets the connection instead: see nginx.conf.in)
+    return ngx.exec("@close")
+  end
   if outcome.html then
+    ngx.status = outcome.status
     ngx.header["Content-Type"] = "text/html"
     ngx.print(outcome.html)
     return
   end
-  ngx.header["Content-Type"] = JSON_TYPE
-  ngx.header["x-acs-request-id"] = request_id
-  -- The access log pairs the ids the client got (rid=, mid=), to check that it
-  -- kept the MessageId exact.
-  ngx.var.rrpc_rid = request_id
+  reply.json_headers(outcome.status, request_id, outcome.message_id)
   for name, value in pairs(outcome.headers or {}) do
     ngx.header[name] = value
   end
-  local body
-  if outcome.truncated then
-    body = '{"RequestId":"' .. request_id .. '","Success":tr'
-  else
-    outcome.fields.RequestId = request_id
-    body = cjson.encode(outcome.fields)
-    if outcome.message_id then
-      -- Spliced in as text: cjson would encode the number as a rounded double.
-      body = '{"MessageId":' .. outcome.message_id .. "," .. body:sub(2)
-      ngx.var.rrpc_mid = outcome.message_id
-    end
+  outcome.fields.RequestId = request_id
+  local body = cjson.encode(outcome.fields)
+  if outcome.message_id then
+    -- Spliced in as text: cjson would encode the number as a rounded double.
+    body = '{"MessageId":' .. outcome.message_id .. "," .. body:sub(2)
   end
   ngx.print(body)
 end
