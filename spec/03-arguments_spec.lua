@@ -68,6 +68,17 @@ describe("rrpc.new", function()
     c:close()
   end)
 
+  it("keeps CR and LF out of the headers it sends", function()
+    raises("option 'user_agent' must not contain control characters",
+      function() new { user_agent = "tool\r\nX-Injected: 1" } end)
+    local c = new { security_token = "token\r\nX-Injected: 1" }
+    local res, err = c:rrpc { product_key = "pk", device_name = "dn", payload = "x" }
+    c:close()
+    assert.is_nil(res)
+    assert.same({ "credentials", "no" }, { err.kind, err.delivered })
+    assert.matches("control characters", err.message, 1, true)
+  end)
+
   it("builds a User-Agent in the official form, with a caller suffix", function()
     local c = new { user_agent = "fleet-tool/2" }
     local vm = jit and "LuaJIT/2%.1[%w%.%-]*" or "Lua/5%.%d"

@@ -140,7 +140,12 @@ function client.new_with(opts, transport, settings, level)
   local endpoint, host = parse_endpoint("new",
     opts.endpoint or ("https://iot." .. region .. ".aliyuncs.com"), level)
   local user_agent = default_user_agent()
-  if opts.user_agent then user_agent = user_agent .. " " .. opts.user_agent end
+  if opts.user_agent then
+    if opts.user_agent:find("%c") then -- a CR or LF would start a header of its own
+      args.error("new", "option 'user_agent' must not contain control characters", level)
+    end
+    user_agent = user_agent .. " " .. opts.user_agent
+  end
 
   local provider = resolve_credentials(opts, level + 1)
   local connect_timeout = opts.connect_timeout or 5000
@@ -289,6 +294,10 @@ end
 -- A fresh nonce and timestamp each time, with the provider's current credentials.
 function client.sign(self, p, call)
   local c, why = p.credentials:get()
+  if c and ((c.access_key_id or ""):find("%c") or (c.security_token or ""):find("%c")) then
+    -- both travel in headers (V3): a CR or LF would start a header of its own
+    c, why = nil, "the AccessKey ID or security token contains control characters"
+  end
   if not c then
     return nil, errors.new { kind = "credentials", code = "CredentialsUnavailable", message = why,
                              delivered = "no", retryable = true }
