@@ -39,7 +39,8 @@ SOURCES   := $(wildcard src/*.c)
 HEADERS   := $(wildcard src/*.h)
 CORE       = $(BUILD_DIR)/rrpc/core.so
 
-.PHONY: all build deps test test-all demo bench gateway emulator install uninstall clean
+.PHONY: all build deps test test-all demo bench soak gateway emulator install uninstall clean
+.PHONY: asan fuzz-build fuzz fuzz-ci fuzz-coverage check-memory check-memory-ci
 
 all: build
 build: $(CORE)
@@ -71,6 +72,10 @@ bench: build
 	bash bench/peers/install.sh
 	LUA_PATH="./lua/?.lua;./spec/support/?.lua;;" LUA_CPATH="./$(BUILD_DIR)/?.so;;" $(LUA) bench/run.lua
 
+# 100,000 calls with 1% injected faults through rrpc.each: each accounted for once, RSS flat.
+soak:
+	bash scripts/soak.sh
+
 # The OpenResty gateway (examples/openresty) in front of the emulator, in the foreground.
 gateway:
 	@$(MAKE) -s --no-print-directory build LUA=luajit
@@ -84,9 +89,90 @@ install: build
 	install -m 0755 $(CORE) $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc/core.so
 	install -m 0644 lua/rrpc.lua $(DESTDIR)$(LUA_MODULE_DIR)/rrpc.lua
 	for f in lua/rrpc/*.lua; do install -m 0644 $$f $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/; done
+	install -D -m 0755 bin/rrpc $(DESTDIR)$(PREFIX)/bin/rrpc
+	# the emulator, where `rrpc emulator` looks for it when installed
+	install -d $(DESTDIR)$(PREFIX)/share/rrpc/emulator/lua/rrpc_emulator
+	install -m 0755 emulator/run $(DESTDIR)$(PREFIX)/share/rrpc/emulator/run
+	install -m 0644 emulator/nginx.conf.in emulator/devices.json emulator/README.md $(DESTDIR)$(PREFIX)/share/rrpc/emulator/
+	install -m 0644 emulator/lua/rrpc_emulator/*.lua $(DESTDIR)$(PREFIX)/share/rrpc/emulator/lua/rrpc_emulator/
 
 uninstall:
 	rm -rf $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc $(DESTDIR)$(LUA_MODULE_DIR)/rrpc $(DESTDIR)$(LUA_MODULE_DIR)/rrpc.lua
+	rm -rf $(DESTDIR)$(PREFIX)/bin/rrpc $(DESTDIR)$(PREFIX)/share/rrpc
 
 clean:
 	rm -rf $(BUILD)
+
+# ---- Memory safety: sanitizers, fuzzing, valgrind (fuzz/README.md) -----------------------
+# clang builds, against Lua 5.4: `make deps` installs clang, its sanitizer runtimes, llvm
+# and valgrind. Only these binaries link liblua5.4; rrpc/core.so never does.
+SAN_CC        ?= clang
+LLVM_PROFDATA ?= llvm-profdata
+LLVM_COV      ?= llvm-cov
+SAN_FLAGS     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+LUA54_CFLAGS   = $(shell $(PKG_CONFIG) --cflags lua5.4)
+LUA54_LIBS     = $(shell $(PKG_CONFIG) --libs lua5.4)
+
+# build/asan/rrpc/core.so (ASan + UBSan) and build/asan/lua5.4, a Lua 5.4 interpreter with
+# the sanitizer runtimes linked in, so that nothing is preloaded into the specs' children.
+ASAN_DIR   := $(BUILD)/asan
+ASAN_CORE  := $(ASAN_DIR)/rrpc/core.so
+ASAN_LUA   := $(ASAN_DIR)/lua5.4
+
+asan: $(ASAN_CORE) $(ASAN_LUA)
+
+$(ASAN_CORE): $(SOURCES) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(SAN_CC) -O1 -g $(SAN_FLAGS) $(WARNINGS) -fPIC $(LUA54_CFLAGS) $(DEP_CFLAGS) $(SHARED) -o $@ $(SOURCES) $(DEP_LIBS)
+
+$(ASAN_LUA): fuzz/sanitized_lua.c
+	@mkdir -p $(dir $@)
+	$(SAN_CC) -O1 -g $(SAN_FLAGS) $(WARNINGS) $(LUA54_CFLAGS) -Wl,-E -o $@ $< $(LUA54_LIBS)
+
+# libFuzzer targets (fuzz/<target>.c) on the real C functions, each with its seed corpus
+# fuzz/corpus/<target>/. `make fuzz` runs each for FUZZ_SECONDS; new inputs, logs and crash
+# artefacts go to build/fuzz/ (never into fuzz/corpus); fuzz-ci is a short pass.
+FUZZ_TARGETS    := percent_encode base64 response sign_v3
+FUZZ_SECONDS    ?= 30
+FUZZ_CI_SECONDS ?= 5
+FUZZ_DIR        ?= $(BUILD)/fuzz
+FUZZ_BINS       := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/bin/%)
+FUZZ_FLAGS      := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+fuzz-build: $(FUZZ_BINS)
+
+$(FUZZ_DIR)/bin/%: fuzz/%.c fuzz/fuzz.h $(SOURCES) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(SAN_CC) $(FUZZ_FLAGS) $(WARNINGS) $(LUA54_CFLAGS) $(DEP_CFLAGS) -Isrc -o $@ $< $(SOURCES) $(LUA54_LIBS) $(DEP_LIBS)
+
+fuzz: fuzz-build
+	FUZZ_DIR=$(FUZZ_DIR) bash fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-ci: fuzz-build
+	FUZZ_DIR=$(FUZZ_DIR) bash fuzz/run.sh $(FUZZ_CI_SECONDS) $(FUZZ_TARGETS)
+
+# Line coverage of src/*.c by the corpora (seeds plus what `make fuzz` found), per file.
+fuzz-coverage:
+	@mkdir -p $(FUZZ_DIR)/cov
+	for t in $(FUZZ_TARGETS); do \
+	  $(SAN_CC) -g -O0 -fsanitize=fuzzer -fprofile-instr-generate -fcoverage-mapping $(WARNINGS) $(LUA54_CFLAGS) $(DEP_CFLAGS) -Isrc \
+	    -o $(FUZZ_DIR)/cov/$$t fuzz/$$t.c $(SOURCES) $(LUA54_LIBS) $(DEP_LIBS) || exit 1; \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$t; \
+	  LLVM_PROFILE_FILE=$(FUZZ_DIR)/cov/$$t.profraw $(FUZZ_DIR)/cov/$$t -runs=0 $(FUZZ_DIR)/corpus/$$t fuzz/corpus/$$t >/dev/null 2>&1 || exit 1; \
+	done
+	$(LLVM_PROFDATA) merge -o $(FUZZ_DIR)/cov/all.profdata $(FUZZ_TARGETS:%=$(FUZZ_DIR)/cov/%.profraw)
+	$(LLVM_COV) report $(FUZZ_DIR)/cov/percent_encode $(FUZZ_TARGETS:%=-object $(FUZZ_DIR)/cov/%) \
+	  -instr-profile=$(FUZZ_DIR)/cov/all.profdata $(SOURCES)
+
+# The whole spec suite under ASan+UBSan and under valgrind, and the aggressive-GC passes
+# (scripts/check-memory.sh says what each runs); zero errors and zero leaks, or it fails.
+# check-memory-ci: the same passes, valgrind on a documented subset of the specs.
+check-memory: asan
+	@$(MAKE) -s --no-print-directory build LUA=lua5.4
+	@$(MAKE) -s --no-print-directory build LUA=luajit
+	bash scripts/check-memory.sh
+
+check-memory-ci: asan
+	@$(MAKE) -s --no-print-directory build LUA=lua5.4
+	@$(MAKE) -s --no-print-directory build LUA=luajit
+	bash scripts/check-memory.sh --ci

@@ -16,6 +16,9 @@ packages=(
   luarocks                                  # the rockspec
   nginx libnginx-mod-http-lua               # the emulator (nginx with its Lua module)
   curl ca-certificates procps               # the specs' readiness checks and process control
+  clang libclang-rt-dev llvm valgrind       # make fuzz, make check-memory: clang with its
+                                            # sanitizer and libFuzzer runtimes, llvm-symbolizer
+                                            # and llvm-cov, valgrind
 )
 
 missing=()
