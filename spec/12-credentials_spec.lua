@@ -16,11 +16,7 @@ local function temp_home()
   return dir
 end
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local write = require("process").write_file
 
 local function env(vars)
   return function(name) return vars[name] end

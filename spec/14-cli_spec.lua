@@ -6,6 +6,7 @@
 local cjson = require "cjson"
 local rrpc_lib = require "rrpc"
 local emulator = require "emulator"
+local process = require "process"
 local suite_log = require "suite_log"
 local system = require "system"
 local tls = require "tls"
@@ -14,30 +15,8 @@ local CLI = "./bin/rrpc" -- busted runs from the repository root
 local PK = "a1RRpcDemo"
 local CLOSED_PORT_URL = "http://127.0.0.1:1" -- nothing listens there: connection refused
 
-local function quote(text)
-  return "'" .. text:gsub("'", "'\\''") .. "'"
-end
-
-local function command_output(command)
-  local pipe = assert(io.popen(command))
-  local output = pipe:read("*a")
-  pipe:close()
-  return output
-end
-
-local function read_file(path)
-  local file = io.open(path, "rb")
-  if not file then return "" end
-  local bytes = file:read("*a")
-  file:close()
-  return bytes
-end
-
-local function write_file(path, bytes)
-  local file = assert(io.open(path, "wb"))
-  file:write(bytes)
-  file:close()
-end
+local quote, command_output = process.quote, process.output
+local read_file, write_file = process.read_file, process.write_file
 
 local function count(text, pattern)
   local n = 0

@@ -25,6 +25,12 @@ function process.read_file(path)
   return text
 end
 
+function process.write_file(path, bytes)
+  local file = assert(io.open(path, "wb"))
+  file:write(bytes)
+  file:close()
+end
+
 -- A zombie (exited, not yet reaped by its parent) counts as gone.
 function process.alive(pid)
   local state = process.read_file("/proc/" .. pid .. "/stat"):match("^%d+ %(.*%) (%a)")

@@ -66,11 +66,7 @@ local function run(command)
   return text
 end
 
-local function write_file(path, text)
-  local file = assert(io.open(path, "wb"))
-  file:write(text)
-  file:close()
-end
+local write_file = require("process").write_file
 
 -- A self-signed certificate (and its key) with the extensions of `section`.
 local function self_signed(dir, name, common_name, section)
