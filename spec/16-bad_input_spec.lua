@@ -280,7 +280,9 @@ local STRING_OPTION = { kind = "string", accepts = { "", "\0", ("x"):rep(1024 * 
 options("new", "new", function(opts) rrpc.new(opts):close() end, NEW_BASE, {
   access_key_id = { kind = "string", required = true, choices = { "" } },
   access_key_secret = { kind = "string", required = true, choices = { "" } },
-  security_token = STRING_OPTION, iot_instance_id = STRING_OPTION, user_agent = STRING_OPTION,
+  security_token = STRING_OPTION, iot_instance_id = STRING_OPTION,
+  -- a CR or LF in it would start a header of its own
+  user_agent = { kind = "string", accepts = { "", ("x"):rep(1024 * 1024) }, choices = { "\0", "tool\r\nX-Injected: 1" } },
   ca_file = STRING_OPTION, ca_path = STRING_OPTION, proxy = STRING_OPTION, no_proxy = STRING_OPTION,
   profile = STRING_OPTION, metadata_endpoint = STRING_OPTION,
   region = { kind = "string", choices = { "", "Shanghai", "cn_shanghai", "cn-shanghai\n" } },

@@ -294,7 +294,8 @@ end
 -- A fresh nonce and timestamp each time, with the provider's current credentials.
 function client.sign(self, p, call)
   local c, why = p.credentials:get()
-  if c and ((c.access_key_id or ""):find("%c") or (c.security_token or ""):find("%c")) then
+  local function has_control(v) return type(v) == "string" and v:find("%c") ~= nil end
+  if c and (has_control(c.access_key_id) or has_control(c.security_token)) then
     -- both travel in headers (V3): a CR or LF would start a header of its own
     c, why = nil, "the AccessKey ID or security token contains control characters"
   end
