@@ -191,7 +191,7 @@ describe("a provider's cache", function()
   local now = 1000
   local function clock() return now end
 
-  it("refreshes when a fifth of the lifetime (at most 3 minutes) is left", function()
+  it("refreshes when a fifth of the lifetime (at most 3 minutes), and a clock step, is left", function()
     local fetched = 0
     local p = credentials.provider("test", function()
       fetched = fetched + 1
@@ -199,17 +199,17 @@ describe("a provider's cache", function()
                expiration = now + 100 }
     end, clock)
     assert.equal("STS.1", p:get().access_key_id)
-    now = now + 79
-    assert.equal("STS.1", p:get().access_key_id) -- 21 s left: more than a fifth
+    now = now + 78
+    assert.equal("STS.1", p:get().access_key_id) -- 22 s left: more than a fifth and a second
     now = now + 2
-    assert.equal("STS.2", p:get().access_key_id) -- 19 s left: refreshed
+    assert.equal("STS.2", p:get().access_key_id) -- 20 s left: refreshed
     assert.equal(2, fetched)
     now = now + 1000
     local long = credentials.provider("test", function()
       return { access_key_id = "L", access_key_secret = "s", expiration = now + 3600 }
     end, clock)
     long:get()
-    assert.equal(now + 3600 - 180, long.cached.refresh_at)
+    assert.equal(now + 3600 - 180 - 1, long.cached.refresh_at)
   end)
 
   it("keeps credentials that are still valid when a refresh fails, and says so once they are not", function()

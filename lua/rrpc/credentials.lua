@@ -14,6 +14,9 @@ local METADATA_CONNECT_MS, METADATA_TIMEOUT_MS = 1000, 2000
 local METADATA_TOKEN_TTL_S = 21600
 -- Refresh when less than this is left: a fifth of the lifetime, at most 3 minutes.
 local REFRESH_FRACTION, REFRESH_AT_MOST_S = 0.2, 180
+-- The clock (os.time) counts whole seconds, the issuer's expiry is exact: one second more,
+-- so that a call signed just before the refresh point is not already past the expiry.
+local CLOCK_STEP_S = 1
 
 local Provider = {}
 Provider.__index = Provider
@@ -59,7 +62,7 @@ function Provider:get()
   end
   if fresh.expiration then
     local left = fresh.expiration - now
-    fresh.refresh_at = fresh.expiration - math.min(REFRESH_AT_MOST_S, left * REFRESH_FRACTION)
+    fresh.refresh_at = fresh.expiration - math.min(REFRESH_AT_MOST_S, left * REFRESH_FRACTION) - CLOCK_STEP_S
   end
   self.cached = fresh
   return fresh
