@@ -1,14 +1,16 @@
 -- Entry points called from nginx.conf: start-up, the API at "/", the ECS
 -- metadata service under /latest/, the health check, the usage statistics, the
--- metadata service's mode and the 404 for every other path.
+-- arrival counts, the metadata service's mode and the 404 for every other path.
 local cjson = require "cjson"
 local ngx_process = require "ngx.process"
 local actions = require "rrpc_emulator.actions"
+local arrivals = require "rrpc_emulator.arrivals"
 local auth = require "rrpc_emulator.auth"
 local metadata = require "rrpc_emulator.metadata"
 local registry_loader = require "rrpc_emulator.registry"
 local reply = require "rrpc_emulator.reply"
 local usage = require "rrpc_emulator.usage"
+local vanish = require "rrpc_emulator.vanish"
 
 local reject = reply.reject
 
@@ -16,15 +18,19 @@ local handler = {}
 
 local registry
 
--- Runs in init_by_lua (the master process): a bad registry stops nginx.
-function handler.init(devices_path)
+-- Runs in init_by_lua (the master process, at start and at each reload): a bad registry
+-- stops nginx. With --vanish-port, the vanish listener's address (vanish.lua).
+function handler.init(devices_path, vanish_host, vanish_port)
   registry = registry_loader.load(devices_path)
+  vanish.configure(vanish_host, vanish_port)
 end
 
 -- Runs in each worker: without a seed of their own, all workers would draw the
--- same latencies and faults.
+-- same latencies and faults. The first worker of a generation a vanish reload started
+-- carries the vanish on.
 function handler.init_worker()
   math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
+  vanish.init_worker()
 end
 
 -- Adds decoded arguments to `params`; a name given twice is refused rather
@@ -80,6 +86,11 @@ end
 
 local function process_api()
   local request = read_request()
+  -- before any check: a copy with a used nonce is refused, but it did arrive
+  local arrival = arrivals.count(request)
+  if arrival then
+    ngx.var.rrpc_arrival = arrival
+  end
   note("pk", request.params.ProductKey)
   note("dn", request.params.DeviceName)
   local action, key_id, key = auth.authenticate(request, registry, actions, note)
@@ -125,10 +136,14 @@ function handler.metadata_mode()
 end
 
 -- The master PID lets a test harness tell its own emulator from another one
--- that already listens on the port it tried.
+-- that already listens on the port it tried. With --vanish-port, x-emulator-vanish says
+-- whether the vanish listener is back ("listening") or a vanish is under way.
 function handler.health()
   ngx.header["Content-Type"] = "text/plain"
   ngx.header["x-emulator-pid"] = ngx_process.get_master_pid()
+  if vanish.enabled() then
+    ngx.header["x-emulator-vanish"] = vanish.phase()
+  end
   ngx.print("ok")
 end
 
@@ -142,6 +157,15 @@ function handler.stats()
   report.metadata = metadata.counts()
   ngx.header["Content-Type"] = "application/json"
   ngx.print(cjson.encode(report))
+end
+
+-- GET: how many times each RRpc request arrived (arrivals.lua); POST .../reset forgets.
+function handler.arrivals()
+  return arrivals.serve(false)
+end
+
+function handler.reset_arrivals()
+  return arrivals.serve(true)
 end
 
 function handler.reset_stats()

@@ -5,6 +5,7 @@
 -- (ngx.req.socket(true)) to write bytes that nginx would otherwise correct.
 local ffi = require "ffi"
 local reply = require "rrpc_emulator.reply"
+local vanish = require "rrpc_emulator.vanish"
 
 ffi.cdef [[
 unsigned long compressBound(unsigned long source_len);
@@ -226,13 +227,22 @@ hostile.behaviours = {
       socket:receive(1) -- returns when the client closes the connection
     end)
   end,
+  -- the request read whole, then the node goes away: its vanish listener refuses connects
+  -- for `refuse_ms` (vanish.lua), and this connection closes with a FIN, unanswered
+  vanish = function(device)
+    return reply.custom("vanish", function()
+      assert(ngx.req.socket(true)) -- taken over, so that nginx sends nothing either
+      vanish.go_away(device.refuse_ms)
+    end)
+  end,
 }
 
--- Those a device's `faults` list may name: all but `wrong_type` (which needs `field`) and
--- `partial_headers` (which, like `hang`, would stall a batch for its whole timeout).
+-- Those a device's `faults` list may name: all but `wrong_type` (which needs `field`),
+-- `partial_headers` (which, like `hang`, would stall a batch for its whole timeout) and
+-- `vanish` (which needs `refuse_ms` and reloads nginx).
 hostile.faults = {}
 for name in pairs(hostile.behaviours) do
-  if name ~= "wrong_type" and name ~= "partial_headers" then
+  if name ~= "wrong_type" and name ~= "partial_headers" and name ~= "vanish" then
     hostile.faults[name] = true
   end
 end

@@ -143,6 +143,10 @@ local DEVICE_FIELDS = {
     check = function(value) return is_integer(value) and value >= 0 end,
     description = "a non-negative integer",
   },
+  refuse_ms = {
+    check = function(value) return is_integer(value) and value >= 0 and value <= 600000 end,
+    description = "an integer from 0 to 600000 (ms the vanish listener refuses connects)",
+  },
   error_style = { check = boolean, description = "true or false" },
   active = { check = boolean, description = "true or false" },
   latency = { check = is_object, description = 'an object such as {"dist": "fixed", "ms": 200}' },
@@ -199,6 +203,9 @@ local function check_device(path, where, device)
   end
   if (behaviour == "wrong_type") ~= (device.field ~= nil) then
     problem(path, where .. ".field", 'is required with behaviour "wrong_type" and only there')
+  end
+  if (behaviour == "vanish") ~= (device.refuse_ms ~= nil) then
+    problem(path, where .. ".refuse_ms", 'is required with behaviour "vanish" and only there')
   end
   if (behaviour == "slow") ~= (device.latency_ms ~= nil) then
     problem(path, where .. ".latency_ms", 'is required with behaviour "slow" and only there')
