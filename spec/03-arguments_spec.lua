@@ -46,6 +46,38 @@ describe("rrpc.new", function()
     raises("option 'endpoint' must look like", function() new { endpoint = "https://h/path" } end)
   end)
 
+  it("refuses configuration that could never work, naming the option", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir " .. dir))
+    local empty = dir .. "/empty.pem"
+    io.open(empty, "w"):close()
+    raises("option 'ca_file': cannot read certificates from \"/nonexistent/ca.pem\" (No such file or directory)",
+      function() new { ca_file = "/nonexistent/ca.pem" } end)
+    raises("option 'ca_file': cannot read certificates from " .. ("%q"):format(dir) .. " (Is a directory)",
+      function() new { ca_file = dir } end)
+    raises("option 'ca_file': cannot read certificates from " .. ("%q"):format(empty) .. " (empty file)",
+      function() new { ca_file = empty } end)
+    raises("option 'ca_path': " .. ("%q"):format(empty) .. " is not a readable directory",
+      function() new { ca_path = empty } end)
+    raises("option 'ca_path': \"/nonexistent\" is not a readable directory", function() new { ca_path = "/nonexistent" } end)
+    new({ ca_path = dir }):close()
+    os.execute("rm -rf " .. dir)
+    raises("option 'proxy' is not a proxy URL: Bad IPv6 address", function() new { proxy = "http://[::1" } end)
+    raises("option 'proxy' is not a proxy URL: Port number", function() new { proxy = "http://proxy:99999" } end)
+    raises("option 'proxy' is not a proxy URL: scheme 'ftp'", function() new { proxy = "ftp://proxy:21" } end)
+    raises("option 'proxy' is not a proxy URL", function() new { proxy = "http://" .. ("p"):rep(10 * 2^20) } end)
+    for _, proxy in ipairs { "proxy:3128", "http://user:pw@proxy:3128", "socks5h://127.0.0.1:1080", "https://[::1]:443" } do
+      new({ proxy = proxy }):close()
+    end
+    -- libcurl takes strings of at most 8,000,000 bytes and would drop a longer one
+    raises("option 'user_agent' was refused by the HTTP library", function() new { user_agent = ("u"):rep(10 * 2^20) } end)
+    raises("option 'no_proxy' was refused by the HTTP library", function() new { no_proxy = ("n"):rep(10 * 2^20) } end)
+    raises("option 'access_key_id' must not contain control characters", function() new { access_key_id = "LTAI\r\nX: y" } end)
+    raises("option 'security_token' must not contain control characters", function() new { security_token = "tok\n" } end)
+    raises("option 'max_response_memory' must be in 1024..1099511627776, got 10", function() new { max_response_memory = 10 } end)
+  end)
+
   it("derives the endpoint from the region, and an explicit endpoint wins", function()
     local c = rrpc.new { access_key_id = "id", access_key_secret = SECRET, region = "ap-southeast-1" }
     assert.equal("https://iot.ap-southeast-1.aliyuncs.com", c.endpoint)
@@ -71,7 +103,12 @@ describe("rrpc.new", function()
   it("keeps CR and LF out of the headers it sends", function()
     raises("option 'user_agent' must not contain control characters",
       function() new { user_agent = "tool\r\nX-Injected: 1" } end)
-    local c = new { security_token = "token\r\nX-Injected: 1" }
+    raises("option 'security_token' must not contain control characters",
+      function() new { security_token = "token\r\nX-Injected: 1" } end)
+    -- credentials that a provider hands out later are checked at each call
+    local c = rrpc.new { endpoint = "http://127.0.0.1:9", credentials = rrpc.credentials.provider("spec", function()
+      return { access_key_id = "LTAI5tSpecKey", access_key_secret = SECRET, security_token = "token\r\nX-Injected: 1" }
+    end) }
     local res, err = c:rrpc { product_key = "pk", device_name = "dn", payload = "x" }
     c:close()
     assert.is_nil(res)

@@ -30,7 +30,7 @@ local FAULTS = {
   { device = "html502", kind = "http", code = "HTTP502", status = 502, says = "not the platform's JSON" },
   { device = "wrong-rrpc-code", kind = "http", code = "InvalidResponse", says = "field 'RrpcCode' must be a string, got number" },
   { device = "wrong-payload", kind = "http", code = "InvalidResponse", says = "field 'PayloadBase64Byte' must be a string, got table" },
-  { device = "wrong-message-id", kind = "http", code = "InvalidResponse", says = "field 'MessageId' must be an integer, got string" },
+  { device = "wrong-message-id", kind = "http", code = "InvalidResponse", says = "field 'MessageId' must be a 64-bit integer, got string" },
   { device = "wrong-success", kind = "http", code = "InvalidResponse", says = "field 'Success' must be a boolean, got string" },
   { device = "wrong-code", kind = "http", code = "InvalidResponse", says = "field 'Code' must be a string, got table" },
   { device = "invalid-utf8", kind = "api", code = "iot.messagebroker.RrpcFailed", says = INVALID_UTF8 },
@@ -47,8 +47,8 @@ local FAULTS = {
   { device = "partial-headers", kind = "network", code = "CURLE_OPERATION_TIMEDOUT", waits = true },
 }
 
--- Faults that end the connection without an answer: on a reused connection libcurl sends
--- the request once more on a new one, and the platform's nonce check may refuse the copy.
+-- Faults that end the connection without an answer: on a reused connection libcurl would
+-- write the request once more on a new one, which rrpc refuses (ConnectionLost).
 local DROPS_CONNECTION = { reset = true, rst = true }
 
 local function request_to(device, payload)
@@ -111,12 +111,31 @@ describe("a hostile far side", function()
       end)
     end
 
-    it("a MessageId too large for 64 bits keeps its exact digits", function()
+    it("a MessageId too large for 64 bits is not the platform's (its field is a Long)", function()
       local c = new_client()
-      local res = assert(c:rrpc(request_to("message-id-overflow", "still here")))
+      local res, err = c:rrpc(request_to("message-id-overflow", "still here"))
       c:close()
-      assert.equal(OVERFLOWING_MESSAGE_ID, res.message_id)
-      assert.equal("still here", res.payload)
+      assert.is_nil(res)
+      assert.equal("http", err.kind)
+      assert.equal("InvalidResponse", err.code)
+      assert.equal("maybe", err.delivered)
+      assert.is_false(err.retryable)
+      assert.equal("field 'MessageId' must be a 64-bit integer, got 30 digits", err.message)
+    end)
+
+    it("a MessageId is exact up to the largest 64-bit integer, and refused above it", function()
+      local function answer(message_id)
+        return client_module.interpret({}, { outcome = function(doc) return doc end }, 200, {},
+          '{"RequestId":"r","Success":true,"RrpcCode":"SUCCESS","MessageId":' .. message_id .. '}')
+      end
+      for _, id in ipairs { "0", "889455942124347392", "9007199254740993", "9223372036854775807" } do
+        assert.equal(id, assert(answer(id)).MessageId)
+      end
+      for _, id in ipairs { "9223372036854775808", "10000000000000000000", OVERFLOWING_MESSAGE_ID } do
+        local doc, err = answer(id)
+        assert.is_nil(doc, id)
+        assert.equal("InvalidResponse", err.code, id)
+      end
     end)
 
     it("invalid UTF-8 in a message comes back byte for byte, neither checked nor replaced", function()
@@ -132,8 +151,10 @@ describe("a hostile far side", function()
     local c = new_client()
     for i, fault in ipairs(FAULTS) do
       local _, err = c:rrpc(request_to(fault.device))
-      if DROPS_CONNECTION[fault.device] and err.code == "SignatureNonceUsed" then
+      if DROPS_CONNECTION[fault.device] and err.code == "ConnectionLost" then
+        assert.equal("network", err.kind)
         assert.equal("maybe", err.delivered)
+        assert.is_false(err.retryable)
       else
         assert_fault(fault, err, fault.device .. " after a reused connection")
       end
@@ -144,7 +165,7 @@ describe("a hostile far side", function()
     c:close()
   end)
 
-  it("client:request checks the same fields and keeps an oversized MessageId exact", function()
+  it("client:request checks the same fields, the MessageId's range among them", function()
     local c = new_client()
     local function request(device)
       return c:request("RRpc", { ProductKey = PK, DeviceName = device, RequestBase64Byte = rrpc.b64encode("x"),
@@ -156,14 +177,15 @@ describe("a hostile far side", function()
     end
     local _, err = request("deep-nesting")
     assert.equal("HTTP200", err.code)
-    local doc = assert(request("message-id-overflow"))
-    assert.equal(OVERFLOWING_MESSAGE_ID, doc.MessageId)
+    local doc, overflow = request("message-id-overflow")
+    assert.is_nil(doc)
+    assert.equal("InvalidResponse", overflow.code)
     c:close()
   end)
 
   describe("rrpc.batch and rrpc.each", function()
     it("every fault mode at once: each accounted for once, as a single call reports it, within the bound", function()
-      local requests = { request_to("message-id-overflow") }
+      local requests = { echo_request("first") }
       for _, fault in ipairs(FAULTS) do requests[#requests + 1] = request_to(fault.device) end
       requests[#requests + 1] = echo_request("beside the faults")
       local c = new_client()
@@ -176,7 +198,7 @@ describe("a hostile far side", function()
       assert.equal(2, summary.ok)
       assert.equal(#FAULTS, summary.failed)
       assert.equal(#requests, summary.attempts) -- nothing here is safe to send again
-      assert.equal(OVERFLOWING_MESSAGE_ID, results[1].res.message_id)
+      assert.equal("first", results[1].res.payload)
       for i, fault in ipairs(FAULTS) do
         assert_fault(fault, results[i + 1].err, "batch " .. fault.device)
       end
@@ -274,6 +296,59 @@ describe("a hostile far side", function()
       end
     end
 
+    -- 100 huge answers in flight at once: without a budget for the whole client, each
+    -- holds up to max_response_bytes (8 MiB), about 800 MB in all.
+    local BATCH_CHILD = [[
+      local rrpc = require "rrpc"
+      local url, memory = arg[1], tonumber(arg[2])
+      local c = rrpc.new { endpoint = url, access_key_id = "testid", access_key_secret = "testsecret",
+                           max_response_memory = memory }
+      local requests = {}
+      for i = 1, 100 do
+        requests[i] = { product_key = "a1Hostile", device_name = "huge-body", payload = "x" .. i, timeout = 8000 }
+      end
+      local results = rrpc.batch(c, requests, { concurrency = 100 })
+      local codes = {}
+      for _, r in ipairs(results) do
+        local e = r.err
+        local key = e and (e.code .. "/" .. e.delivered .. "/" .. tostring(e.retryable)) or "ok"
+        codes[key] = (codes[key] or 0) + 1
+      end
+      local after = assert(c:rrpc { product_key = "a1RRpcDemo", device_name = "echo", payload = "after" })
+      for line in io.lines("/proc/self/status") do
+        local peak = line:match("^VmHWM:%s*(%d+)")
+        if peak then io.write("peak ", peak, " ", after.payload) end
+      end
+      for key, n in pairs(codes) do io.write(" ", key, "=", n) end
+      print()
+    ]]
+
+    local function batch_of_huge(memory)
+      local child = os.tmpname()
+      process.write_file(child, BATCH_CHILD)
+      local out = process.output(("LUA_PATH='./lua/?.lua;;' LUA_CPATH=%s %s %s %s %d 2>&1"):format(
+        process.quote(package.cpath:match("^[^;]+") .. ";;"), VM, child, emu.url, memory))
+      os.remove(child)
+      local peak, after, codes = out:match("^peak (%d+) (%S+)(.*)")
+      assert(peak, out)
+      local counts = {}
+      for key, n in codes:gmatch("(%S+)=(%d+)") do counts[key] = tonumber(n) end
+      return tonumber(peak) * 1024, after, counts
+    end
+
+    for _, memory in ipairs { 16 * 1024 * 1024, 64 * 1024 * 1024 } do
+      it(("100 huge answers in flight stay within max_response_memory (%d MiB)"):format(memory / 2^20), function()
+        local peak, after, counts = batch_of_huge(memory)
+        -- each call ends on the budget or on its own limit, having been sent; none is retried
+        local ended = (counts["ResponseMemoryExceeded/maybe/false"] or 0) + (counts["ResponseTooLarge/maybe/false"] or 0)
+        assert.equal(100, ended)
+        assert.is_true((counts["ResponseMemoryExceeded/maybe/false"] or 0) > 0)
+        assert.equal("after", after) -- the budget is free again once the batch is over
+        -- the buffers may hold up to twice what they count, plus the interpreter and libcurl
+        assert.is_true(peak <= 2 * memory + 24 * 1024 * 1024, ("peak RSS %d bytes"):format(peak))
+      end)
+    end
+
     it("bounds ordinary answers too", function()
       local c = new_client { max_response_bytes = 64 * 1024 }
       local _, err = c:rrpc(echo_request(("x"):rep(100 * 1024))) -- answered in about 133 KB of Base64
@@ -305,7 +380,7 @@ describe("answers of the wrong shape", function()
   local OK_HEAD = '{"RequestId":"R","Success":true,"RrpcCode":"SUCCESS",'
   local CASES = {
     -- body, the error's code (nil: a success) and a text of its message
-    { OK_HEAD .. '"MessageId":1.5,"PayloadBase64Byte":"eA=="}', "InvalidResponse", "field 'MessageId' must be an integer, got number" },
+    { OK_HEAD .. '"MessageId":1.5,"PayloadBase64Byte":"eA=="}', "InvalidResponse", "field 'MessageId' must be a 64-bit integer, got number" },
     { OK_HEAD .. '"MessageId":1e400,"PayloadBase64Byte":"eA=="}', "InvalidResponse", "field 'MessageId'" },
     { OK_HEAD .. '"MessageId":-5,"PayloadBase64Byte":"eA=="}', "InvalidResponse", "field 'MessageId'" },
     { OK_HEAD .. '"MessageId":"12x","PayloadBase64Byte":"eA=="}', "InvalidResponse", "field 'MessageId'" },

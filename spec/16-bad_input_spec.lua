@@ -34,6 +34,7 @@ local KINDS = {
   string = function(v) return type(v) == "string" end,
   integer = function(v) return type(v) == "number" end, -- fractions and ranges: see boundaries
   cnumber = function(v) return tonumber(v) ~= nil and type(v) ~= "boolean" end,
+  optional_cnumber = function(v) return v == nil or (tonumber(v) ~= nil and type(v) ~= "boolean") end,
   boolean = function(v) return type(v) == "boolean" end,
   table = function(v) return type(v) == "table" end,
   ["function"] = function(v) return type(v) == "function" end,
@@ -278,12 +279,21 @@ table_contents("signing", "build_request params",
 local NEW_BASE = copy(KEYS, "endpoint", DISCARD)
 local STRING_OPTION = { kind = "string", accepts = { "", "\0", ("x"):rep(1024 * 1024) } }
 options("new", "new", function(opts) rrpc.new(opts):close() end, NEW_BASE, {
-  access_key_id = { kind = "string", required = true, choices = { "" } },
+  -- both travel in headers: a control character could start a header of its own
+  access_key_id = { kind = "string", required = true, choices = { "", "\0", "id\r\nX-Injected: 1" } },
   access_key_secret = { kind = "string", required = true, choices = { "" } },
-  security_token = STRING_OPTION, iot_instance_id = STRING_OPTION,
+  security_token = { kind = "string", accepts = { "", ("x"):rep(1024 * 1024) }, choices = { "\0", "tok\n" } },
+  iot_instance_id = STRING_OPTION,
   -- a CR or LF in it would start a header of its own
   user_agent = { kind = "string", accepts = { "", ("x"):rep(1024 * 1024) }, choices = { "\0", "tool\r\nX-Injected: 1" } },
-  ca_file = STRING_OPTION, ca_path = STRING_OPTION, proxy = STRING_OPTION, no_proxy = STRING_OPTION,
+  -- what could never work is refused at once: files that cannot be read, a proxy URL
+  -- that libcurl's parser refuses ("" is libcurl's "no proxy at all")
+  ca_file = { kind = "string", accepts = { "/etc/ssl/certs/ca-certificates.crt" },
+              choices = { "", "\0", "/nonexistent", "/", "/dev/null" } },
+  ca_path = { kind = "string", accepts = { "/etc/ssl/certs", "/" }, choices = { "", "\0", "/nonexistent", "/etc/passwd" } },
+  proxy = { kind = "string", accepts = { "", "proxy:3128", "http://h:1", "socks5h://[::1]:1080" },
+            choices = { "\0", "http://[::1", "ftp://h", "http://h:99999", ("x"):rep(9000000) } },
+  no_proxy = STRING_OPTION,
   profile = STRING_OPTION, metadata_endpoint = STRING_OPTION,
   region = { kind = "string", choices = { "", "Shanghai", "cn_shanghai", "cn-shanghai\n" } },
   endpoint = { kind = "string", choices = { "", "ftp://x", "http://", "https://h/path", "http://h?x", "http://h#f",
@@ -580,6 +590,25 @@ options("core", "session", function(o) core.session(o):close() end, {}, c_option
 options("core", "pool", function(o) core.pool(o):close() end, {}, c_options {
   max_connections = { kind = "cnumber", lo = 1, hi = 100000 },
 }, { error = field_error, valid = returns, optional = true, not_table = c_argument(1) })
+
+-- core.budget(bytes) and the budget a session or pool takes; core.parse_url(url).
+positional("core", "budget", core.budget, { 4096 }, 1, "optional_cnumber", function() return raises("number expected") end)
+for _, bytes in ipairs { 0, 1023, 2 ^ 41, 0 / 0, math.huge, -math.huge } do
+  case("core", ("budget(%s)"):format(tostring(bytes)), function() return core.budget(bytes) end,
+    raises("bytes in 1024..2^40 expected"))
+end
+case("core", "budget() takes the default", function() assert(core.budget()) end, returns)
+for _, value in ipairs { "64", 64, {}, core.session {} } do
+  case("core", ("session{ response_budget = %s }"):format(type(value)), function()
+    return core.session { response_budget = value }
+  end, raises("bad field 'response_budget' (rrpc.core.budget expected"))
+end
+positional("core", "parse_url", core.parse_url, { "http://h" }, 1, "string", function() return raises("string expected") end)
+case("core", "parse_url with a NUL byte", function()
+  local scheme, why = core.parse_url("http://h\0x")
+  assert.is_nil(scheme)
+  assert.is_string(why)
+end, returns)
 
 local session = core.session {}
 local closed_session = core.session {}

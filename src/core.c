@@ -88,6 +88,8 @@ int luaopen_rrpc_core(lua_State *L)
         {"timestamp", l_timestamp},
         {"session", l_session},
         {"pool", l_pool},
+        {"budget", l_budget},
+        {"parse_url", l_parse_url},
         {"platform", l_platform},
         {"monotime", l_monotime},
         {"sleep", l_sleep},
@@ -96,6 +98,7 @@ int luaopen_rrpc_core(lua_State *L)
 
     rrpc_open_session(L);
     rrpc_open_pool(L);
+    rrpc_open_budget(L);
 
     lua_newtable(L);
     luaL_setfuncs(L, functions, 0);

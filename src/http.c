@@ -18,10 +18,12 @@ static struct session *check_session(lua_State *L)
 }
 
 /* session{ connect_timeout=ms, idle_timeout=s, max_response_bytes=, verify=true,
- *          ca_file=, ca_path=, user_agent= } */
+ *          ca_file=, ca_path=, user_agent=, proxy=, no_proxy=, response_budget= }
+ *   --> session | nil, the name of the option libcurl refused */
 int l_session(lua_State *L)
 {
     struct session *s;
+    const char *failed;
     if (lua_isnoneornil(L, 1)) {
         lua_settop(L, 0);
         lua_newtable(L);
@@ -33,8 +35,12 @@ int l_session(lua_State *L)
     memset(s, 0, sizeof *s);
     luaL_setmetatable(L, RRPC_SESSION_MT);
     rrpc_options_read(L, 1, &s->options);
-    if (!rrpc_transfer_open(&s->transfer, &s->options))
-        return luaL_error(L, "cannot create a libcurl handle");
+    failed = rrpc_transfer_open(&s->transfer, &s->options);
+    if (failed != NULL) { /* nil, the option libcurl refused (its value never shown) */
+        lua_pushnil(L);
+        lua_pushstring(L, failed);
+        return 2;
+    }
     return 1;
 }
 

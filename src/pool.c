@@ -171,12 +171,14 @@ static int pool_add(lua_State *L)
     struct rrpc_transfer *t;
     lua_settop(L, 7);
     if (p->idle == NULL) {
+        const char *failed;
         t = calloc(1, sizeof *t);
         if (t == NULL)
             return luaL_error(L, "out of memory");
-        if (!rrpc_transfer_open(t, &p->options)) {
-            free(t);
-            return luaL_error(L, "cannot create a libcurl handle");
+        failed = rrpc_transfer_open(t, &p->options);
+        if (failed != NULL) {
+            free_transfer(t);
+            return luaL_error(L, "libcurl refused option '%s'", failed);
         }
         push_idle(p, t);
     }
@@ -287,6 +289,7 @@ static int pool_cancel(lua_State *L)
     for (t = p->active; t != NULL; t = t->next) {
         if (t->token == token) {
             retire(p, t);
+            rrpc_transfer_release(t);
             trim_idle(p);
             lua_pushboolean(L, 1);
             return 1;

@@ -8,6 +8,7 @@
 #define RRPC_VERSION "0.1.0"
 #define RRPC_SESSION_MT "rrpc.session"
 #define RRPC_POOL_MT "rrpc.pool"
+#define RRPC_BUDGET_MT "rrpc.budget"
 
 /* A string parameter or header, borrowed from a Lua string kept alive on the stack. */
 struct rrpc_kv {
@@ -43,6 +44,11 @@ int l_sign_v3(lua_State *L);
 int l_build_request(lua_State *L);
 int l_nonce(lua_State *L);
 int l_timestamp(lua_State *L);
+
+/* transfer.c: budget(limit_bytes) --> a budget for option `response_budget` */
+int l_budget(lua_State *L);
+int l_parse_url(lua_State *L);
+void rrpc_open_budget(lua_State *L);
 
 /* http.c */
 void rrpc_open_session(lua_State *L);

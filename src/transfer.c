@@ -8,6 +8,7 @@
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000L
 #define DEFAULT_MAX_RESPONSE_BYTES (8L * 1024 * 1024)
+#define DEFAULT_RESPONSE_MEMORY (64.0 * 1024 * 1024)
 /* The platform drops pooled connections after about 10 s idle: stop reusing them first. */
 #define DEFAULT_IDLE_SECONDS 8L
 /* Buffers above this are released after a call instead of kept for the next one. */
@@ -51,30 +52,68 @@ static void buffer_free(struct rrpc_buffer *b)
     b->len = b->cap = 0;
 }
 
-static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
+/* Holds n more bytes of the answer, within the call's limit and the shared budget. */
+static int hold(struct rrpc_transfer *t, struct rrpc_buffer *b, const char *p, size_t n)
 {
-    struct rrpc_transfer *s = ud;
-    size_t n = size * nmemb;
-    if (s->body.len + n > s->options->max_response) {
-        s->too_large = 1;
+    struct rrpc_budget *budget = t->options->budget;
+    if (t->body.len + t->head.len + n > t->options->max_response) {
+        t->too_large = 1;
         return 0;
     }
-    return buffer_add(&s->body, p, n) ? n : 0;
+    if (budget->held + n > budget->limit) {
+        t->over_budget = 1;
+        return 0;
+    }
+    if (!buffer_add(b, p, n))
+        return 0;
+    budget->held += n;
+    t->budgeted += n;
+    return 1;
+}
+
+/* The answer has been handed over (or dropped): its bytes leave the budget. */
+void rrpc_transfer_release(struct rrpc_transfer *t)
+{
+    if (t->budgeted > 0) { /* then the options, and their budget, are there */
+        t->options->budget->held -= t->budgeted;
+        t->budgeted = 0;
+    }
+    buffer_reset(&t->body);
+    buffer_reset(&t->head);
+}
+
+static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
+{
+    size_t n = size * nmemb;
+    return hold(ud, &((struct rrpc_transfer *)ud)->body, p, n) ? n : 0;
 }
 
 static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
 {
-    struct rrpc_transfer *s = ud;
+    struct rrpc_transfer *t = ud;
     size_t n = size * nmemb;
     /* a new status line (after 100 Continue, say) starts a new header block */
-    if (n >= 5 && memcmp(p, "HTTP/", 5) == 0)
-        s->head.len = 0;
-    if (s->head.len + n > s->options->max_response) {
-        s->too_large = 1;
-        return 0;
+    if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+        t->options->budget->held -= t->head.len;
+        t->budgeted -= t->head.len;
+        t->head.len = 0;
     }
-    return buffer_add(&s->head, p, n) ? n : 0;
+    return hold(t, &t->head, p, n) ? n : 0;
 }
+
+/* libcurl calls this each time it is about to write the request: once per call, unless a
+ * kept-alive connection died before the answer and libcurl would write the request again
+ * on a new one ("Connection died, retrying a fresh connect"). RRpc is not idempotent, so
+ * that second write is refused here, and any call that got this far may have been
+ * delivered, whatever libcurl's final code says. */
+static int on_request_start(void *ud, char *primary_ip, char *local_ip, int primary_port,
+                            int local_port)
+{
+    struct rrpc_transfer *t = ud;
+    return ++t->requests_started > 1 ? CURL_PREREQFUNC_ABORT : CURL_PREREQFUNC_OK;
+}
+
+static struct rrpc_budget *push_budget(lua_State *L, lua_Number limit);
 
 static long opt_number(lua_State *L, int t, const char *field, long def, long lo, long hi)
 {
@@ -128,6 +167,81 @@ void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o)
     o->user_agent = opt_copy(L, t, "user_agent");
     o->proxy = opt_copy(L, t, "proxy");
     o->no_proxy = opt_copy(L, t, "no_proxy");
+    lua_getfield(L, t, "response_budget");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        push_budget(L, DEFAULT_RESPONSE_MEMORY); /* a budget of its own */
+    } else if (luaL_testudata(L, -1, RRPC_BUDGET_MT) == NULL) {
+        luaL_error(L, "bad field 'response_budget' (rrpc.core.budget expected, got %s)",
+                   luaL_typename(L, -1));
+    }
+    o->budget = *(struct rrpc_budget **)lua_touserdata(L, -1);
+    o->budget->refs++;
+    lua_pop(L, 1);
+}
+
+static void budget_release(struct rrpc_budget *b)
+{
+    if (b != NULL && --b->refs == 0)
+        free(b);
+}
+
+static struct rrpc_budget *push_budget(lua_State *L, lua_Number limit)
+{
+    struct rrpc_budget **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = NULL;
+    luaL_setmetatable(L, RRPC_BUDGET_MT);
+    *box = calloc(1, sizeof **box);
+    if (*box == NULL)
+        luaL_error(L, "out of memory");
+    (*box)->limit = (size_t)limit;
+    (*box)->refs = 1;
+    return *box;
+}
+
+/* budget([limit_bytes]) --> rrpc.budget */
+int l_budget(lua_State *L)
+{
+    lua_Number limit = luaL_optnumber(L, 1, DEFAULT_RESPONSE_MEMORY);
+    /* written so that NaN fails too */
+    luaL_argcheck(L, limit >= 1024 && limit <= 1099511627776.0, 1, "bytes in 1024..2^40 expected");
+    push_budget(L, limit);
+    return 1;
+}
+
+static int budget_gc(lua_State *L)
+{
+    struct rrpc_budget **box = luaL_checkudata(L, 1, RRPC_BUDGET_MT);
+    budget_release(*box);
+    *box = NULL;
+    return 0;
+}
+
+static int budget_held(lua_State *L)
+{
+    struct rrpc_budget **box = luaL_checkudata(L, 1, RRPC_BUDGET_MT);
+    lua_pushinteger(L, *box ? (lua_Integer)(*box)->held : 0);
+    lua_pushinteger(L, *box ? (lua_Integer)(*box)->limit : 0);
+    return 2;
+}
+
+static int budget_tostring(lua_State *L)
+{
+    struct rrpc_budget **box = luaL_checkudata(L, 1, RRPC_BUDGET_MT);
+    if (*box == NULL)
+        lua_pushliteral(L, "rrpc.budget (released)");
+    else
+        lua_pushfstring(L, "rrpc.budget (%d of %d bytes held)", (int)(*box)->held, (int)(*box)->limit);
+    return 1;
+}
+
+void rrpc_open_budget(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"held", budget_held},
+        {NULL, NULL},
+    };
+    rrpc_new_class(L, RRPC_BUDGET_MT, methods, budget_gc, budget_tostring);
 }
 
 void rrpc_options_free(struct rrpc_options *o)
@@ -138,6 +252,45 @@ void rrpc_options_free(struct rrpc_options *o)
     free(o->proxy);
     free(o->no_proxy);
     o->ca_file = o->ca_path = o->user_agent = o->proxy = o->no_proxy = NULL;
+    budget_release(o->budget);
+    o->budget = NULL;
+}
+
+/* parse_url(url) --> scheme, host, port (or nil) | nil, why: libcurl's own reading of a
+ * URL (a scheme-less one is taken as http://, as libcurl takes a proxy) */
+int l_parse_url(lua_State *L)
+{
+    size_t n;
+    const char *url = rrpc_checkstring(L, 1, &n);
+    CURLU *u = curl_url();
+    CURLUcode rc;
+    char *scheme = NULL, *host = NULL, *port = NULL;
+    if (u == NULL)
+        return luaL_error(L, "out of memory");
+    rc = strlen(url) != n ? CURLUE_MALFORMED_INPUT
+                          : curl_url_set(u, CURLUPART_URL, url, CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME);
+    if (rc == CURLUE_OK)
+        rc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+    if (rc == CURLUE_OK)
+        rc = curl_url_get(u, CURLUPART_HOST, &host, 0);
+    if (rc == CURLUE_OK && curl_url_get(u, CURLUPART_PORT, &port, 0) != CURLUE_OK)
+        port = NULL; /* none given */
+    if (rc != CURLUE_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, curl_url_strerror(rc));
+    } else {
+        lua_pushstring(L, scheme);
+        lua_pushstring(L, host);
+        if (port != NULL)
+            lua_pushinteger(L, (lua_Integer)strtol(port, NULL, 10));
+        else
+            lua_pushnil(L);
+    }
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    return rc != CURLUE_OK ? 2 : 3;
 }
 
 /* libcurl is set up on first use, not when rrpc.core loads: inside nginx (rrpc.ngx) the
@@ -150,43 +303,53 @@ int rrpc_curl_ready(void)
     return ready;
 }
 
-int rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_options *o)
+/* Sets an option; on failure, names it for the error (the first one that failed). */
+#define SET(option, value, name)                                                        \
+    do {                                                                                \
+        if (curl_easy_setopt(e, option, value) != CURLE_OK && failed == NULL)           \
+            failed = (name);                                                            \
+    } while (0)
+
+const char *rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_options *o)
 {
     CURL *e = rrpc_curl_ready() ? curl_easy_init() : NULL;
+    const char *failed = NULL;
     if (e == NULL)
-        return 0;
+        return "libcurl";
     t->easy = e;
     t->options = o;
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_ms);
-    curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, o->idle_s);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, RECEIVE_BUFFER_BYTES);
+    SET(CURLOPT_NOSIGNAL, 1L, "libcurl");
+    SET(CURLOPT_PROTOCOLS_STR, "http,https", "libcurl");
+    SET(CURLOPT_CONNECTTIMEOUT_MS, o->connect_ms, "connect_timeout");
+    SET(CURLOPT_MAXAGE_CONN, o->idle_s, "idle_timeout");
+    SET(CURLOPT_TCP_KEEPALIVE, 1L, "libcurl");
+    SET(CURLOPT_ACCEPT_ENCODING, "", "libcurl");
+    SET(CURLOPT_BUFFERSIZE, RECEIVE_BUFFER_BYTES, "libcurl");
     /* a Content-Length over the limit fails at once, before any of the body is read;
      * on_body bounds the rest (chunked, or decompressed) */
-    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_response);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, o->verify ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, o->verify ? 2L : 0L);
+    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_response, "max_response_bytes");
+    SET(CURLOPT_SSL_VERIFYPEER, o->verify ? 1L : 0L, "insecure_skip_tls_verify");
+    SET(CURLOPT_SSL_VERIFYHOST, o->verify ? 2L : 0L, "insecure_skip_tls_verify");
     if (o->ca_file != NULL)
-        curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+        SET(CURLOPT_CAINFO, o->ca_file, "ca_file");
     if (o->ca_path != NULL)
-        curl_easy_setopt(e, CURLOPT_CAPATH, o->ca_path);
+        SET(CURLOPT_CAPATH, o->ca_path, "ca_path");
     if (o->user_agent != NULL)
-        curl_easy_setopt(e, CURLOPT_USERAGENT, o->user_agent);
+        SET(CURLOPT_USERAGENT, o->user_agent, "user_agent");
     /* without these, libcurl follows http_proxy, HTTPS_PROXY, NO_PROXY and friends */
     if (o->proxy != NULL)
-        curl_easy_setopt(e, CURLOPT_PROXY, o->proxy);
+        SET(CURLOPT_PROXY, o->proxy, "proxy");
     if (o->no_proxy != NULL)
-        curl_easy_setopt(e, CURLOPT_NOPROXY, o->no_proxy);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->error);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, t);
-    return 1;
+        SET(CURLOPT_NOPROXY, o->no_proxy, "no_proxy");
+    SET(CURLOPT_ERRORBUFFER, t->error, "libcurl");
+    SET(CURLOPT_WRITEFUNCTION, on_body, "libcurl");
+    SET(CURLOPT_WRITEDATA, t, "libcurl");
+    SET(CURLOPT_HEADERFUNCTION, on_header, "libcurl");
+    SET(CURLOPT_HEADERDATA, t, "libcurl");
+    SET(CURLOPT_PREREQFUNCTION, on_request_start, "libcurl");
+    SET(CURLOPT_PREREQDATA, t, "libcurl");
+    SET(CURLOPT_PRIVATE, t, "libcurl");
+    return failed;
 }
 
 void rrpc_transfer_close(struct rrpc_transfer *t)
@@ -197,6 +360,7 @@ void rrpc_transfer_close(struct rrpc_transfer *t)
     }
     curl_slist_free_all(t->headers);
     t->headers = NULL;
+    rrpc_transfer_release(t);
     buffer_free(&t->body);
     buffer_free(&t->head);
 }
@@ -254,24 +418,31 @@ void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int
 
     curl_slist_free_all(t->headers);
     t->headers = list;
-    t->body.len = t->head.len = 0;
-    t->too_large = 0;
+    rrpc_transfer_release(t);
+    t->too_large = t->over_budget = 0;
+    t->requests_started = 0;
     t->error[0] = '\0';
-    curl_easy_setopt(t->easy, CURLOPT_URL, url);
-    curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, list);
-    curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
-    if (is_post || is_put) {
-        curl_easy_setopt(t->easy, CURLOPT_POST, 1L);
-        /* PUT with a body in memory (the ECS metadata token): a POST renamed */
-        curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, is_put ? "PUT" : NULL);
-        curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bl);
-        if (copy_body)
-            curl_easy_setopt(t->easy, CURLOPT_COPYPOSTFIELDS, body);
-        else /* the caller keeps the Lua string alive for the whole transfer */
-            curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, body);
-    } else {
-        curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, NULL);
-        curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
+    {
+        CURL *e = t->easy;
+        const char *failed = NULL;
+        SET(CURLOPT_URL, url, "url");
+        SET(CURLOPT_HTTPHEADER, list, "headers");
+        SET(CURLOPT_TIMEOUT_MS, timeout_ms, "timeout");
+        if (is_post || is_put) {
+            SET(CURLOPT_POST, 1L, "method");
+            /* PUT with a body in memory (the ECS metadata token): a POST renamed */
+            SET(CURLOPT_CUSTOMREQUEST, is_put ? "PUT" : NULL, "method");
+            SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bl, "body");
+            if (copy_body)
+                SET(CURLOPT_COPYPOSTFIELDS, body, "body");
+            else /* the caller keeps the Lua string alive for the whole transfer */
+                SET(CURLOPT_POSTFIELDS, body, "body");
+        } else {
+            SET(CURLOPT_CUSTOMREQUEST, NULL, "method");
+            SET(CURLOPT_HTTPGET, 1L, "method");
+        }
+        if (failed != NULL)
+            luaL_error(L, "libcurl refused the request's %s", failed);
     }
 }
 
@@ -306,25 +477,21 @@ static const char *curl_code_name(CURLcode c)
     case CURLE_BAD_CONTENT_ENCODING: return "CURLE_BAD_CONTENT_ENCODING";
     case CURLE_SSL_CACERT_BADFILE: return "CURLE_SSL_CACERT_BADFILE";
     case CURLE_HTTP2: return "CURLE_HTTP2";
+    case CURLE_ABORTED_BY_CALLBACK: return "CURLE_ABORTED_BY_CALLBACK";
     default: return NULL;
     }
 }
 
-/* Failures that happen before the request can have left this machine. Not
- * CURLE_UNSUPPORTED_PROTOCOL: an answer that is not HTTP at all gives it too ("Received
- * HTTP/0.9"); before the transfer began, a pretransfer time of 0 tells. */
-static int fails_before_sending(CURLcode c)
+/* Codes of a connection that is being made: after the request was written, they mean
+ * libcurl was making a new connection to write it again. */
+static int fails_connecting(CURLcode c)
 {
     switch (c) {
-    case CURLE_URL_MALFORMAT:
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_CONNECT:
     case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CIPHER:
     case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CACERT_BADFILE:
         return 1;
     default:
         return 0;
@@ -368,22 +535,29 @@ static void push_headers(lua_State *L, const struct rrpc_buffer *head)
 
 int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc)
 {
-    curl_off_t pretransfer = 0;
     long status = 0, connects = 0;
     double total = 0;
 
-    curl_easy_getinfo(t->easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
     curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects);
     curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &total);
     if (rc != CURLE_OK) {
         const char *name = curl_code_name(rc);
-        /* libcurl counts at least 1 us once the transfer began: 0 means nothing was sent */
-        int sent = !fails_before_sending(rc) && pretransfer != 0;
+        /* once libcurl started to write the request, it may have reached the platform */
+        int sent = t->requests_started > 0;
         lua_pushnil(L);
-        if (t->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
+        if (t->over_budget) {
+            lua_pushliteral(L, "ResponseMemoryExceeded");
+            lua_pushfstring(L, "the answers held in memory would exceed max_response_memory "
+                            "(%d bytes) over the client's calls in flight",
+                            (int)t->options->budget->limit);
+        } else if (t->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
             lua_pushliteral(L, "ResponseTooLarge");
             lua_pushfstring(L, "response larger than max_response_bytes (%d)",
                             (int)t->options->max_response);
+        } else if (t->requests_started > 1 || (sent && fails_connecting(rc))) {
+            lua_pushliteral(L, "ConnectionLost");
+            lua_pushliteral(L, "the connection closed after the request was sent, without an "
+                               "answer; it was not sent again (RRpc is not idempotent)");
         } else {
             if (name != NULL)
                 lua_pushstring(L, name);
@@ -403,7 +577,6 @@ int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc
         lua_pushnumber(L, total);
         lua_setfield(L, -2, "seconds");
     }
-    buffer_reset(&t->body);
-    buffer_reset(&t->head);
+    rrpc_transfer_release(t);
     return 4;
 }

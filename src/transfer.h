@@ -12,12 +12,21 @@ struct rrpc_buffer {
     size_t len, cap;
 };
 
+/* The bytes of answers held in memory by every transfer that shares it (a client's
+ * session and pool), against a limit. Counted by reference: the Lua budget object, the
+ * session and the pool each hold one, so it outlives whichever is collected first. */
+struct rrpc_budget {
+    size_t limit, held;
+    int refs;
+};
+
 /* Connection settings, copied out of the Lua options table. */
 struct rrpc_options {
     long connect_ms, idle_s;
     size_t max_response;
     int verify;
     char *ca_file, *ca_path, *user_agent, *proxy, *no_proxy;
+    struct rrpc_budget *budget;
 };
 
 struct rrpc_transfer {
@@ -25,7 +34,9 @@ struct rrpc_transfer {
     struct curl_slist *headers;
     struct rrpc_buffer body, head;
     const struct rrpc_options *options;
-    int too_large;
+    int too_large, over_budget;
+    int requests_started;        /* times libcurl began to write this call's request */
+    size_t budgeted;             /* bytes of this call's answer counted in the budget */
     lua_Integer token;           /* the pool's name for this call */
     struct rrpc_transfer *next;  /* the pool's lists */
     struct rrpc_transfer *prev;
@@ -38,14 +49,18 @@ int rrpc_curl_ready(void);
 void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o);
 void rrpc_options_free(struct rrpc_options *o);
 
-/* Creates the easy handle; returns 0 when libcurl cannot. */
-int rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_options *o);
+/* Creates the easy handle. Returns NULL, or what failed: the name of the option libcurl
+ * refused, or "libcurl" when it cannot make a handle. */
+const char *rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_options *o);
 void rrpc_transfer_close(struct rrpc_transfer *t);
 
 /* Reads (method, url, headers, body, timeout_ms) at stack index first..first+4 and sets
  * the request up. `copy_body`: libcurl keeps its own copy (for transfers that outlive the
  * Lua call). Raises on bad arguments before anything is allocated. */
 void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int copy_body);
+
+/* Drops what the call holds of an answer (a cancelled call), releasing its budget. */
+void rrpc_transfer_release(struct rrpc_transfer *t);
 
 /* After the transfer: frees the request headers, keeps the response for pushing. */
 void rrpc_transfer_done(struct rrpc_transfer *t);

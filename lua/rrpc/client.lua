@@ -15,8 +15,12 @@ local client = {}
 -- a pool (the multi interface) for batches. rrpc.ngx brings one made of nginx subrequests.
 local curl = {}
 
+-- nil and the name of an option libcurl refuses (a string longer than it takes).
 function curl.open(settings)
-  return { settings = settings, session = core.session(settings) }
+  settings.response_budget = core.budget(settings.max_response_memory)
+  local session, refused = core.session(settings)
+  if not session then return nil, refused end
+  return { settings = settings, session = session }
 end
 
 function curl.send(state, url, headers, body, timeout_ms)
@@ -63,7 +67,8 @@ local NEW_OPTIONS = {
   access_key_id = "string", access_key_secret = "string", security_token = "string",
   region = "string", endpoint = "string", iot_instance_id = "string", signature = "string",
   placement = "string", connect_timeout = "integer", timeout_margin = "integer",
-  idle_timeout = "integer", max_response_bytes = "integer", ca_file = "string",
+  idle_timeout = "integer", max_response_bytes = "integer", max_response_memory = "integer",
+  ca_file = "string",
   ca_path = "string", user_agent = "string", credentials = "table", profile = "string",
   metadata_endpoint = "string", proxy = "string", no_proxy = "string",
   insecure_skip_tls_verify = "boolean",
@@ -90,6 +95,52 @@ local function parse_endpoint(fname, endpoint, level)
       args.describe(endpoint)), level + 1)
   end
   return (endpoint:gsub("/$", "")), host
+end
+
+local PROXY_SCHEMES = { http = true, https = true, socks4 = true, socks4a = true, socks5 = true,
+                        socks5h = true }
+
+-- Settings that would make every call fail are refused here, not at each call.
+local function check_connection_options(opts, level)
+  if opts.ca_file then
+    local f, why = io.open(opts.ca_file, "rb")
+    local first
+    if f then
+      first, why = f:read(1)
+      f:close()
+    end
+    if not first then
+      args.error("new", ("option 'ca_file': cannot read certificates from %s (%s)"):format(
+        args.describe(opts.ca_file), why and why:gsub("^.*: ", "") or "empty file"), level + 1)
+    end
+  end
+  if opts.ca_path then
+    local f, errno = io.open(opts.ca_path, "rb"), nil
+    if f then
+      errno = select(3, f:read(0))
+      f:close()
+    end
+    if errno ~= 21 then -- EISDIR: it is a directory we may open
+      args.error("new", ("option 'ca_path': %s is not a readable directory"):format(
+        args.describe(opts.ca_path)), level + 1)
+    end
+  end
+  if opts.proxy and opts.proxy ~= "" then -- "": no proxy, whatever the environment says
+    local scheme, host = core.parse_url(opts.proxy)
+    local why = not scheme and host
+    if scheme and not PROXY_SCHEMES[scheme:lower()] then
+      why = ("scheme '%s' is not a proxy's (http, https, socks4, socks4a, socks5, socks5h)"):format(scheme)
+    end
+    if why then
+      args.error("new", ("option 'proxy' is not a proxy URL: %s"):format(why), level + 1)
+    end
+  end
+  if opts.access_key_id and opts.access_key_id:find("%c") then -- it travels in a header
+    args.error("new", "option 'access_key_id' must not contain control characters", level + 1)
+  end
+  if opts.security_token and opts.security_token:find("%c") then
+    args.error("new", "option 'security_token' must not contain control characters", level + 1)
+  end
 end
 
 local function default_user_agent()
@@ -131,6 +182,8 @@ function client.new_with(opts, transport, settings, level)
   args.check_range("new", opts, "timeout_margin", 0, 600000, level)
   args.check_range("new", opts, "idle_timeout", 1, 3600, level)
   args.check_range("new", opts, "max_response_bytes", 1024, 2^30, level)
+  args.check_range("new", opts, "max_response_memory", 1024, 2^40, level)
+  check_connection_options(opts, level)
 
   local region = opts.region or "cn-shanghai"
   if not region:match("^[a-z]+%-[a-z]+%-?%d*$") then
@@ -152,6 +205,7 @@ function client.new_with(opts, transport, settings, level)
   settings.connect_timeout = connect_timeout
   settings.idle_timeout = opts.idle_timeout
   settings.max_response_bytes = opts.max_response_bytes
+  settings.max_response_memory = opts.max_response_memory
   settings.ca_file = opts.ca_file
   settings.ca_path = opts.ca_path
   settings.user_agent = user_agent
@@ -170,10 +224,14 @@ function client.new_with(opts, transport, settings, level)
     timeout_margin = opts.timeout_margin or 2000,
     user_agent = user_agent,
   }, Client)
+  local state, refused = transport.open(settings)
+  if not state then
+    args.error("new", ("option '%s' was refused by the HTTP library (too long?)"):format(refused), level)
+  end
   private[self] = {
     credentials = provider,
     transport = transport,
-    state = transport.open(settings),
+    state = state,
     open = true,
   }
   return self
@@ -210,9 +268,16 @@ local FIELD_KINDS = {
   string = { named = "a string", check = function(v) return type(v) == "string" end },
   boolean = { named = "a boolean", check = function(v) return type(v) == "boolean" end },
   -- decode_response has turned an integer into its exact digits, so a number left here is
-  -- a fraction or an exponent, which no MessageId is
-  digits = { named = "an integer", check = function(v) return type(v) == "string" and v:find("^%d+$") ~= nil end },
+  -- a fraction or an exponent, which no MessageId is; the platform's field is a Long
+  digits = { named = "a 64-bit integer", check = function(v)
+    return type(v) == "string" and v:find("^%d+$") ~= nil
+      and (#v < 19 or (#v == 19 and v <= "9223372036854775807"))
+  end },
 }
+local function described(value)
+  if type(value) == "string" and value:find("^%d+$") then return #value .. " digits" end
+  return type(value)
+end
 local COMMON_FIELDS = {
   { "RequestId", "string" }, { "Success", "boolean" }, { "Code", "string" },
   { "Message", "string" }, { "ErrorMessage", "string" }, { "MessageId", "digits" },
@@ -227,7 +292,7 @@ local function field_problem(doc, fields)
     if value == json_null then
       doc[name] = nil
     elseif value ~= nil and not kind.check(value) then
-      return ("field '%s' must be %s, got %s"):format(name, kind.named, type(value))
+      return ("field '%s' must be %s, got %s"):format(name, kind.named, described(value))
     end
   end
 end
