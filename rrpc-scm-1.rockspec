@@ -27,8 +27,9 @@ build = {
   type = "builtin",
   modules = {
     ["rrpc.core"] = {
-      sources = { "src/codec.c", "src/core.c", "src/http.c", "src/json.c", "src/pool.c", "src/sign.c",
-                  "src/transfer.c" },
+      sources = { "src/budget.c", "src/class.c", "src/codec.c", "src/core.c", "src/options.c",
+                  "src/pool.c", "src/request.c", "src/response.c", "src/session.c", "src/sign.c",
+                  "src/system.c", "src/transfer.c", "src/url.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
       libraries = { "curl", "crypto" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },

@@ -1,79 +1,8 @@
-/* rrpc.core: the bytes and crypto under lua/rrpc.lua. */
-#include <errno.h>
-#include <time.h>
-#include <sys/utsname.h>
+/* rrpc.core: the bytes and crypto under lua/rrpc.lua. Registration only: each function
+ * and class lives in the file named for what it holds (rrpc.h). */
 #include <curl/curl.h>
 
 #include "rrpc.h"
-
-/* A private lua-cjson instance, so a caller's cjson settings never change our parsing.
- * Leaves its decode function on the stack. */
-static void push_cjson_decode(lua_State *L)
-{
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "cjson");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "new");
-    lua_call(L, 0, 1);
-    lua_getfield(L, -1, "decode_invalid_numbers"); /* no hex, NaN or Infinity */
-    lua_pushboolean(L, 0);
-    lua_call(L, 1, 0);
-    lua_getfield(L, -1, "decode");
-    lua_replace(L, -3);
-    lua_pop(L, 1);
-}
-
-/* platform() --> os name, machine (for the User-Agent) */
-static int l_platform(lua_State *L)
-{
-    struct utsname u;
-    if (uname(&u) != 0) {
-        lua_pushliteral(L, "unknown");
-        lua_pushliteral(L, "unknown");
-    } else {
-        lua_pushstring(L, u.sysname);
-        lua_pushstring(L, u.machine);
-    }
-    return 2;
-}
-
-void rrpc_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
-                    lua_CFunction close, lua_CFunction tostring)
-{
-    luaL_newmetatable(L, name);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
-}
-
-/* monotime() --> seconds of a clock that never jumps (for deadlines and rate limits) */
-static int l_monotime(lua_State *L)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
-    return 1;
-}
-
-/* sleep(ms): for retry backoff between synchronous calls */
-static int l_sleep(lua_State *L)
-{
-    lua_Number ms = luaL_checknumber(L, 1);
-    struct timespec ts;
-    luaL_argcheck(L, ms >= 0 && ms <= 3600000, 1, "milliseconds in 0..3600000 expected");
-    ts.tv_sec = (time_t)(ms / 1000);
-    ts.tv_nsec = (long)((ms - (lua_Number)ts.tv_sec * 1000) * 1e6);
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-    return 0;
-}
 
 int luaopen_rrpc_core(lua_State *L)
 {
@@ -96,14 +25,13 @@ int luaopen_rrpc_core(lua_State *L)
         {NULL, NULL},
     };
 
-    rrpc_open_session(L);
-    rrpc_open_pool(L);
-    rrpc_open_budget(L);
+    rrpc_register_class(L, &rrpc_session_class);
+    rrpc_register_class(L, &rrpc_pool_class);
+    rrpc_register_class(L, &rrpc_budget_class);
 
     lua_newtable(L);
     luaL_setfuncs(L, functions, 0);
-    push_cjson_decode(L);
-    lua_pushcclosure(L, l_decode_response, 1);
+    rrpc_push_decode_response(L);
     lua_setfield(L, -2, "decode_response");
     lua_pushliteral(L, "rrpc.core");
     lua_setfield(L, -2, "_NAME");

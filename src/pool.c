@@ -340,15 +340,13 @@ static int pool_tostring(lua_State *L)
     return 1;
 }
 
-void rrpc_open_pool(lua_State *L)
-{
-    static const luaL_Reg methods[] = {
-        {"add", pool_add},
-        {"run", pool_run},
-        {"cancel", pool_cancel},
-        {"count", pool_count},
-        {"close", pool_close},
-        {NULL, NULL},
-    };
-    rrpc_new_class(L, RRPC_POOL_MT, methods, pool_close, pool_tostring);
-}
+static const luaL_Reg pool_methods[] = {
+    {"add", pool_add},
+    {"run", pool_run},
+    {"cancel", pool_cancel},
+    {"count", pool_count},
+    {"close", pool_close},
+    {NULL, NULL},
+};
+
+const struct rrpc_class rrpc_pool_class = {RRPC_POOL_MT, pool_methods, pool_close, pool_tostring};

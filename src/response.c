@@ -132,7 +132,7 @@ static int is_integer_literal(const char *s, size_t n)
 
 /* decode_response(body) --> table | nil, message
  * Upvalue 1: the decode function of a private cjson instance. */
-int l_decode_response(lua_State *L)
+static int l_decode_response(lua_State *L)
 {
     size_t n, start, len;
     const char *s = rrpc_checkstring(L, 1, &n);
@@ -167,4 +167,28 @@ int l_decode_response(lua_State *L)
     }
     lua_settop(L, 2);
     return 1;
+}
+
+/* A private lua-cjson instance, so a caller's cjson settings never change our parsing.
+ * Leaves its decode function on the stack. */
+static void push_cjson_decode(lua_State *L)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "new");
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "decode_invalid_numbers"); /* no hex, NaN or Infinity */
+    lua_pushboolean(L, 0);
+    lua_call(L, 1, 0);
+    lua_getfield(L, -1, "decode");
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+}
+
+/* Pushes decode_response, closed over its own cjson instance. */
+void rrpc_push_decode_response(lua_State *L)
+{
+    push_cjson_decode(L);
+    lua_pushcclosure(L, l_decode_response, 1);
 }

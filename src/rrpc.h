@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include "compat.h"
+#include "class.h"
 
 #define RRPC_VERSION "0.1.0"
 #define RRPC_SESSION_MT "rrpc.session"
@@ -24,10 +25,6 @@ static inline const char *rrpc_checkstring(lua_State *L, int i, size_t *n)
     return lua_tolstring(L, i, n);
 }
 
-/* core.c: the metatable of a userdata type; `close` also runs on __gc and __close */
-void rrpc_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
-                    lua_CFunction close, lua_CFunction tostring);
-
 /* codec.c */
 void rrpc_percent_encode(luaL_Buffer *b, const char *s, size_t n);
 void rrpc_push_b64encode(lua_State *L, const unsigned char *s, size_t n);
@@ -41,26 +38,35 @@ int l_b64decode(lua_State *L);
 /* sign.c */
 int l_sign_v1(lua_State *L);
 int l_sign_v3(lua_State *L);
+
+/* request.c */
 int l_build_request(lua_State *L);
 int l_nonce(lua_State *L);
 int l_timestamp(lua_State *L);
 
-/* transfer.c: budget(limit_bytes) --> a budget for option `response_budget` */
+/* budget.c: budget(limit_bytes) --> a budget for option `response_budget` */
+extern const struct rrpc_class rrpc_budget_class;
 int l_budget(lua_State *L);
-int l_parse_url(lua_State *L);
-void rrpc_open_budget(lua_State *L);
 
-/* http.c */
-void rrpc_open_session(lua_State *L);
+/* url.c */
+int l_parse_url(lua_State *L);
+
+/* session.c */
+extern const struct rrpc_class rrpc_session_class;
 int l_session(lua_State *L);
 
 /* pool.c */
-void rrpc_open_pool(lua_State *L);
+extern const struct rrpc_class rrpc_pool_class;
 int l_pool(lua_State *L);
 
-/* json.c */
+/* response.c */
 int rrpc_find_member_number(const char *s, size_t n, const char *key,
                             size_t *start, size_t *len);
-int l_decode_response(lua_State *L);
+void rrpc_push_decode_response(lua_State *L);
+
+/* system.c */
+int l_platform(lua_State *L);
+int l_monotime(lua_State *L);
+int l_sleep(lua_State *L);
 
 #endif

@@ -72,12 +72,11 @@ static int session_tostring(lua_State *L)
     return 1;
 }
 
-void rrpc_open_session(lua_State *L)
-{
-    static const luaL_Reg methods[] = {
-        {"perform", session_perform},
-        {"close", session_close},
-        {NULL, NULL},
-    };
-    rrpc_new_class(L, RRPC_SESSION_MT, methods, session_close, session_tostring);
-}
+static const luaL_Reg session_methods[] = {
+    {"perform", session_perform},
+    {"close", session_close},
+    {NULL, NULL},
+};
+
+const struct rrpc_class rrpc_session_class = {RRPC_SESSION_MT, session_methods, session_close,
+                                              session_tostring};

@@ -1,20 +1,18 @@
-/* Request signing (V1 HMAC-SHA1, V3 ACS3-HMAC-SHA256) and request building. */
+/* Request signatures: V1 (HMAC-SHA1 over the canonicalized query) and V3
+ * (ACS3-HMAC-SHA256 over the canonical request), and the pieces they share with
+ * request.c (sign.h). */
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/rand.h>
 
-#include "rrpc.h"
+#include "sign.h"
 
 #define V3_ALGORITHM "ACS3-HMAC-SHA256"
 #define MAX_HEADER_NAME 128
-#define COMMON_V1_PARAMS 10
-#define V3_BUILT_HEADERS 8
 
-static int kv_cmp(const void *a, const void *b)
+int rrpc_kv_cmp(const void *a, const void *b)
 {
     const struct rrpc_kv *x = a, *y = b;
     int c = memcmp(x->k, y->k, x->kl < y->kl ? x->kl : y->kl);
@@ -23,7 +21,7 @@ static int kv_cmp(const void *a, const void *b)
     return (x->kl > y->kl) - (x->kl < y->kl);
 }
 
-static void kv_set(struct rrpc_kv *kv, const char *k, const char *v)
+void rrpc_kv_set(struct rrpc_kv *kv, const char *k, const char *v)
 {
     kv->k = k;
     kv->kl = strlen(k);
@@ -34,8 +32,8 @@ static void kv_set(struct rrpc_kv *kv, const char *k, const char *v)
 /* Reads the string-keyed table at absolute index t into an array with room for `extra` more
  * entries. The array lives in a userdata and converted numbers in an anchor table, both
  * pushed (two values), so an error raised later leaks nothing. */
-static struct rrpc_kv *collect_params(lua_State *L, int t, const char *what, size_t extra,
-                                      size_t *count)
+struct rrpc_kv *rrpc_collect_params(lua_State *L, int t, const char *what, size_t extra,
+                                     size_t *count)
 {
     size_t n = 0, i = 0;
     struct rrpc_kv *a;
@@ -74,8 +72,8 @@ static struct rrpc_kv *collect_params(lua_State *L, int t, const char *what, siz
     return a;
 }
 
-static void add_canonical_query(luaL_Buffer *b, const struct rrpc_kv *a, size_t n,
-                                const char *skip)
+void rrpc_add_canonical_query(luaL_Buffer *b, const struct rrpc_kv *a, size_t n,
+                               const char *skip)
 {
     size_t i;
     int first = 1;
@@ -92,8 +90,8 @@ static void add_canonical_query(luaL_Buffer *b, const struct rrpc_kv *a, size_t 
 }
 
 /* Pushes the canonicalized query string, the string to sign and the signature. */
-static void push_v1(lua_State *L, const char *method, size_t ml, const struct rrpc_kv *p,
-                    size_t n, const char *secret, size_t sl)
+void rrpc_push_v1(lua_State *L, const char *method, size_t ml, const struct rrpc_kv *p,
+                  size_t n, const char *secret, size_t sl)
 {
     luaL_Buffer b;
     const char *cqs, *sts, *key;
@@ -102,7 +100,7 @@ static void push_v1(lua_State *L, const char *method, size_t ml, const struct rr
     unsigned int mdl = 0;
 
     luaL_buffinit(L, &b);
-    add_canonical_query(&b, p, n, "Signature");
+    rrpc_add_canonical_query(&b, p, n, "Signature");
     luaL_pushresult(&b);
     cqs = lua_tolstring(L, -1, &cl);
 
@@ -152,9 +150,9 @@ static void add_signed_headers(luaL_Buffer *b, const struct rrpc_kv *h, size_t n
 
 /* h: lower-case names, sorted, only the signed ones. Pushes the canonical request, the
  * string to sign and the Authorization value. */
-static void push_v3(lua_State *L, const char *method, const char *path, const char *cq,
-                    size_t cql, const struct rrpc_kv *h, size_t nh, const char *body_sha256,
-                    const char *key_id, const char *secret, size_t sl)
+void rrpc_push_v3(lua_State *L, const char *method, const char *path, const char *cq,
+                  size_t cql, const struct rrpc_kv *h, size_t nh, const char *body_sha256,
+                  const char *key_id, const char *secret, size_t sl)
 {
     luaL_Buffer b;
     const char *creq, *sts;
@@ -207,14 +205,14 @@ int l_sign_v1(lua_State *L)
     struct rrpc_kv *p;
     luaL_checktype(L, 2, LUA_TTABLE);
     secret = rrpc_checkstring(L, 3, &sl);
-    p = collect_params(L, 2, "params", 0, &n);
-    qsort(p, n, sizeof *p, kv_cmp);
-    push_v1(L, method, ml, p, n, secret, sl); /* cqs, sts, signature */
+    p = rrpc_collect_params(L, 2, "params", 0, &n);
+    qsort(p, n, sizeof *p, rrpc_kv_cmp);
+    rrpc_push_v1(L, method, ml, p, n, secret, sl); /* cqs, sts, signature */
     lua_insert(L, -2);
     return 2; /* signature, string_to_sign */
 }
 
-static const char *opt_string(lua_State *L, int t, const char *field, const char *def)
+const char *rrpc_opt_string(lua_State *L, int t, const char *field, const char *def)
 {
     const char *s;
     lua_getfield(L, t, field);
@@ -230,9 +228,9 @@ static const char *opt_string(lua_State *L, int t, const char *field, const char
     return s;
 }
 
-static const char *req_string(lua_State *L, int t, const char *field)
+const char *rrpc_req_string(lua_State *L, int t, const char *field)
 {
-    const char *s = opt_string(L, t, field, NULL);
+    const char *s = rrpc_opt_string(L, t, field, NULL);
     if (s == NULL)
         luaL_error(L, "bad field '%s' (string expected, got nil)", field);
     return s;
@@ -264,12 +262,12 @@ int l_sign_v3(lua_State *L)
     char body_sha[65];
 
     luaL_checktype(L, 1, LUA_TTABLE);
-    method = req_string(L, 1, "method");
-    host = req_string(L, 1, "host");
-    path = opt_string(L, 1, "path", "/");
-    body = opt_string(L, 1, "body", "");
-    key_id = req_string(L, 1, "access_key_id");
-    secret = req_string(L, 1, "access_key_secret");
+    method = rrpc_req_string(L, 1, "method");
+    host = rrpc_req_string(L, 1, "host");
+    path = rrpc_opt_string(L, 1, "path", "/");
+    body = rrpc_opt_string(L, 1, "body", "");
+    key_id = rrpc_req_string(L, 1, "access_key_id");
+    secret = rrpc_req_string(L, 1, "access_key_secret");
     lua_getfield(L, 1, "access_key_secret");
     lua_tolstring(L, -1, &sl);
     lua_getfield(L, 1, "body");
@@ -282,8 +280,8 @@ int l_sign_v3(lua_State *L)
     lua_getfield(L, 1, "headers"); /* 3 */
     if (!lua_isnil(L, 2)) {
         luaL_argcheck(L, lua_istable(L, 2), 1, "field 'query' must be a table");
-        q = collect_params(L, 2, "query", 0, &nq); /* 4, 5 */
-        qsort(q, nq, sizeof *q, kv_cmp);
+        q = rrpc_collect_params(L, 2, "query", 0, &nq); /* 4, 5 */
+        qsort(q, nq, sizeof *q, rrpc_kv_cmp);
     } else {
         lua_pushnil(L);
         lua_pushnil(L);
@@ -293,7 +291,7 @@ int l_sign_v3(lua_State *L)
     else
         lua_pushvalue(L, 3);
     luaL_argcheck(L, lua_istable(L, -1), 1, "field 'headers' must be a table");
-    h = collect_params(L, lua_gettop(L), "headers", 2, &nh); /* box, anchors */
+    h = rrpc_collect_params(L, lua_gettop(L), "headers", 2, &nh); /* box, anchors */
     anchors = lua_gettop(L);
 
     /* keep only what V3 signs; host comes from its own field */
@@ -307,176 +305,20 @@ int l_sign_v3(lua_State *L)
         h[kept] = h[i];
         h[kept++].k = name;
     }
-    kv_set(&h[kept++], "host", host);
+    rrpc_kv_set(&h[kept++], "host", host);
     if (!have_sha)
-        kv_set(&h[kept++], "x-acs-content-sha256", body_sha);
-    qsort(h, kept, sizeof *h, kv_cmp);
+        rrpc_kv_set(&h[kept++], "x-acs-content-sha256", body_sha);
+    qsort(h, kept, sizeof *h, rrpc_kv_cmp);
 
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    add_canonical_query(&b, q, nq, NULL);
+    rrpc_add_canonical_query(&b, q, nq, NULL);
     luaL_pushresult(&b);
     {
         size_t cql;
         const char *cq = lua_tolstring(L, -1, &cql);
-        push_v3(L, method, path, cq, cql, h, kept, body_sha, key_id, secret, sl);
+        rrpc_push_v3(L, method, path, cq, cql, h, kept, body_sha, key_id, secret, sl);
     }
     lua_insert(L, -3); /* authorization, canonical_request, string_to_sign */
-    return 3;
-}
-
-int l_nonce(lua_State *L)
-{
-    unsigned char raw[16];
-    char hex[33];
-    if (RAND_bytes(raw, sizeof raw) != 1)
-        return luaL_error(L, "cannot draw random bytes for a nonce");
-    rrpc_hex(raw, sizeof raw, hex);
-    lua_pushstring(L, hex);
-    return 1;
-}
-
-static void utc_now(char out[21])
-{
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
-int l_timestamp(lua_State *L)
-{
-    char ts[21];
-    utc_now(ts);
-    lua_pushstring(L, ts);
-    return 1;
-}
-
-static void set_header(lua_State *L, int headers, const char *name, const char *value)
-{
-    lua_pushstring(L, value);
-    lua_setfield(L, headers, name);
-}
-
-/* build_request{ endpoint=, host=, action=, version=, params=, access_key_id=,
- *   access_key_secret=, security_token=, region_id=, signature="v1"|"v3",
- *   placement="body"|"query" } --> url, headers, body
- * Every call draws a fresh nonce and timestamp. */
-int l_build_request(lua_State *L)
-{
-    const char *endpoint, *host, *action, *version, *key_id, *secret, *token, *region,
-        *signature, *placement, *encoded;
-    size_t n, sl, el;
-    struct rrpc_kv *p;
-    int in_body, headers;
-    char nonce[33], ts[21];
-    unsigned char raw[16];
-    luaL_Buffer b;
-
-    luaL_checktype(L, 1, LUA_TTABLE);
-    endpoint = req_string(L, 1, "endpoint");
-    host = req_string(L, 1, "host");
-    action = req_string(L, 1, "action");
-    version = req_string(L, 1, "version");
-    key_id = req_string(L, 1, "access_key_id");
-    secret = req_string(L, 1, "access_key_secret");
-    token = opt_string(L, 1, "security_token", NULL);
-    region = opt_string(L, 1, "region_id", NULL);
-    signature = opt_string(L, 1, "signature", "v3");
-    placement = opt_string(L, 1, "placement", "body");
-    if (strcmp(signature, "v1") != 0 && strcmp(signature, "v3") != 0)
-        return luaL_error(L, "bad field 'signature' (\"v1\" or \"v3\" expected, got \"%s\")",
-                          signature);
-    if (strcmp(placement, "body") != 0 && strcmp(placement, "query") != 0)
-        return luaL_error(L, "bad field 'placement' (\"body\" or \"query\" expected, got \"%s\")",
-                          placement);
-    in_body = strcmp(placement, "body") == 0;
-    lua_getfield(L, 1, "access_key_secret");
-    lua_tolstring(L, -1, &sl);
-    lua_pop(L, 1);
-
-    if (RAND_bytes(raw, sizeof raw) != 1)
-        return luaL_error(L, "cannot draw random bytes for a nonce");
-    rrpc_hex(raw, sizeof raw, nonce);
-    utc_now(ts);
-
-    lua_settop(L, 1);
-    lua_getfield(L, 1, "params"); /* 2 */
-    luaL_argcheck(L, lua_istable(L, 2), 1, "field 'params' must be a table");
-    p = collect_params(L, 2, "params", COMMON_V1_PARAMS, &n); /* 3, 4 */
-    lua_newtable(L);                                          /* 5: headers */
-    headers = 5;
-
-    if (strcmp(signature, "v1") == 0) {
-        kv_set(&p[n++], "AccessKeyId", key_id);
-        kv_set(&p[n++], "Action", action);
-        kv_set(&p[n++], "Format", "JSON");
-        kv_set(&p[n++], "SignatureMethod", "HMAC-SHA1");
-        kv_set(&p[n++], "SignatureNonce", nonce);
-        kv_set(&p[n++], "SignatureVersion", "1.0");
-        kv_set(&p[n++], "Timestamp", ts);
-        kv_set(&p[n++], "Version", version);
-        if (region != NULL)
-            kv_set(&p[n++], "RegionId", region);
-        if (token != NULL)
-            kv_set(&p[n++], "SecurityToken", token);
-        qsort(p, n, sizeof *p, kv_cmp);
-        push_v1(L, "POST", 4, p, n, secret, sl); /* 6 cqs, 7 sts, 8 signature */
-        luaL_buffinit(L, &b);
-        lua_pushvalue(L, 6);
-        luaL_addvalue(&b);
-        luaL_addstring(&b, "&Signature=");
-        {
-            size_t gl;
-            const char *sig = lua_tolstring(L, 8, &gl);
-            rrpc_percent_encode(&b, sig, gl);
-        }
-        luaL_pushresult(&b); /* 9: every parameter, form-encoded */
-        if (in_body)
-            set_header(L, headers, "Content-Type", "application/x-www-form-urlencoded");
-        set_header(L, headers, "Host", host);
-    } else {
-        struct rrpc_kv h[V3_BUILT_HEADERS];
-        size_t nh = 0;
-        char body_sha[65];
-        qsort(p, n, sizeof *p, kv_cmp);
-        luaL_buffinit(L, &b);
-        add_canonical_query(&b, p, n, NULL);
-        luaL_pushresult(&b); /* 6: API parameters, form-encoded */
-        encoded = lua_tolstring(L, 6, &el);
-        rrpc_sha256_hex(in_body ? encoded : "", in_body ? el : 0, body_sha);
-        if (in_body)
-            kv_set(&h[nh++], "content-type", "application/x-www-form-urlencoded");
-        kv_set(&h[nh++], "host", host);
-        kv_set(&h[nh++], "x-acs-action", action);
-        kv_set(&h[nh++], "x-acs-content-sha256", body_sha);
-        kv_set(&h[nh++], "x-acs-date", ts);
-        if (token != NULL)
-            kv_set(&h[nh++], "x-acs-security-token", token);
-        kv_set(&h[nh++], "x-acs-signature-nonce", nonce);
-        kv_set(&h[nh++], "x-acs-version", version);
-        push_v3(L, "POST", "/", in_body ? "" : encoded, in_body ? 0 : el, h, nh, body_sha,
-                key_id, secret, sl); /* 7 creq, 8 sts, 9 authorization */
-        for (size_t i = 0; i < nh; i++)
-            set_header(L, headers, h[i].k, h[i].v);
-        lua_pushvalue(L, 9);
-        lua_setfield(L, headers, "authorization");
-        lua_pushvalue(L, 6); /* 10 */
-    }
-
-    encoded = lua_tolstring(L, -1, &el);
-    luaL_buffinit(L, &b);
-    luaL_addstring(&b, endpoint);
-    luaL_addchar(&b, '/');
-    if (!in_body) {
-        luaL_addchar(&b, '?');
-        luaL_addlstring(&b, encoded, el);
-    }
-    luaL_pushresult(&b);
-    lua_pushvalue(L, headers);
-    if (in_body)
-        lua_pushlstring(L, encoded, el);
-    else
-        lua_pushliteral(L, "");
     return 3;
 }

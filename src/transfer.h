@@ -46,8 +46,16 @@ struct rrpc_transfer {
 /* Initialises libcurl once per process; returns 0 when it cannot. */
 int rrpc_curl_ready(void);
 
+/* The default of max_response_memory. */
+#define RRPC_DEFAULT_RESPONSE_MEMORY (64.0 * 1024 * 1024)
+
+/* options.c */
 void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o);
 void rrpc_options_free(struct rrpc_options *o);
+
+/* budget.c: pushes a new budget object; drops one reference */
+struct rrpc_budget *rrpc_push_budget(lua_State *L, lua_Number limit);
+void rrpc_budget_release(struct rrpc_budget *b);
 
 /* Creates the easy handle. Returns NULL, or what failed: the name of the option libcurl
  * refused, or "libcurl" when it cannot make a handle. */
