@@ -169,6 +169,20 @@ local function signed_header_names(request, signed_headers)
   return signed
 end
 
+-- `text` for the error log, with the security token the request presented (header or
+-- parameter) masked in every form a canonical request or string to sign holds it: raw
+-- (a header), percent-encoded once (a query) or twice (a V1 string to sign).
+local function without_token(text, request)
+  for _, token in ipairs { request.headers["x-acs-security-token"], request.params.SecurityToken } do
+    if type(token) == "string" and token ~= "" then
+      for _, form in ipairs { sign.percent_encode(sign.percent_encode(token)), sign.percent_encode(token), token } do
+        text = text:gsub((form:gsub("%p", "%%%0")), "***")
+      end
+    end
+  end
+  return text
+end
+
 local function authenticate_v3(request, registry, known_actions, note)
   note("sig", "v3")
   local fields = parse_authorization(single_header(request, "authorization"))
@@ -196,7 +210,7 @@ local function authenticate_v3(request, registry, known_actions, note)
   local canonical_request = sign.v3_canonical_request(request.method, request.query, headers, signed, body_sha256)
   local string_to_sign = sign.v3_string_to_sign(canonical_request)
   if sign.v3_signature(key.secret, string_to_sign) ~= fields.Signature then
-    ngx.log(ngx.WARN, "V3 signature mismatch; server canonical request:\n", canonical_request)
+    ngx.log(ngx.WARN, "V3 signature mismatch; server canonical request:\n", without_token(canonical_request, request))
     reject_mismatch(string_to_sign)
   end
   claim_nonce(fields.Credential, headers["x-acs-signature-nonce"])
