@@ -111,6 +111,32 @@ describe("rrpc command line", function()
     assert.is_truthy(stderr:find(pattern), stderr)
   end
 
+  -- The registry's static STS key (emulator/devices.json): its token must never show, in
+  -- any form (raw, percent-encoded once or twice, JSON-escaped), on either output.
+  local STS_ID, STS_SECRET, TOKEN = "STS.static", "StsStaticSecret", "CAIS+static/token=="
+  local WRONG_SECRET = "Wrong-Secret-Value-42"
+
+  local function sts_options(secret)
+    return { credentials = false, env = { ALIBABA_CLOUD_ACCESS_KEY_ID = STS_ID,
+                                          ALIBABA_CLOUD_ACCESS_KEY_SECRET = secret,
+                                          ALIBABA_CLOUD_SECURITY_TOKEN = TOKEN } }
+  end
+
+  local function token_forms()
+    local once = rrpc_lib.percent_encode(TOKEN)
+    return { TOKEN, once, rrpc_lib.percent_encode(once), (TOKEN:gsub("/", "\\/")) }
+  end
+
+  -- and for spec 99, standard output is kept with the errors
+  local function assert_no_token(text, what)
+    local log = assert(io.open(suite_log.path("errors.log"), "a"))
+    log:write(text, "\n")
+    log:close()
+    for _, form in ipairs(token_forms()) do
+      assert.is_nil(text:find(form, 1, true), ("%s shows the token as %s: %s"):format(what, form, text))
+    end
+  end
+
   setup(function()
     local core = "build/lua5.4/rrpc/core.so"
     if read_file(core) == "" then os.execute("make -s --no-print-directory build LUA=lua5.4") end
@@ -294,6 +320,18 @@ describe("rrpc command line", function()
       assert_one_line_error(status, 6, out, err, "InvalidAccessKeyId%.Inactive")
     end)
 
+    it("an STS token never shows: a V1 SignatureDoesNotMatch on standard error and in --json", function()
+      local status, out, err = call("echo", { "--payload", "x", "--signature", "v1" }, sts_options(WRONG_SECRET))
+      assert_one_line_error(status, 6, out, err, "SignatureDoesNotMatch")
+      assert.is_truthy(err:find("%26SecurityToken%3D***%26", 1, true), err)
+      assert_no_token(err, "standard error")
+      status, out, err = call("echo", { "--payload", "x", "--signature", "v1", "--json" }, sts_options(WRONG_SECRET))
+      assert.are.equal(6, status)
+      assert.is_truthy(cjson.decode(out).message:find("%26SecurityToken%3D***%26", 1, true), out)
+      assert_no_token(out, "--json")
+      assert_no_token(err, "standard error")
+    end)
+
     it("a connection that cannot be made exits 7", function()
       local status, out, err = call("echo", { "--payload", "x", "--endpoint", CLOSED_PORT_URL })
       assert_one_line_error(status, 7, out, err, "^rrpc network error CURLE_COULDNT_CONNECT")
@@ -449,6 +487,36 @@ describe("rrpc command line", function()
       assert.is_truthy(v1:find("\n== signature\n[%w+/]+=*\n$"))
     end)
 
+    it("masks an STS security token (V1: SecurityToken%3D***, V3: x-acs-security-token:***), and says so", function()
+      local function sign(signature, json)
+        local args = { "sign", "--product-key", PK, "--device", "echo", "--payload", "x", "--signature", signature }
+        if json then args[#args + 1] = "--json" end
+        local status, out, err = rrpc(args, sts_options(STS_SECRET))
+        assert.are.same({ 0, "" }, { status, err })
+        assert_no_token(out, "rrpc sign " .. signature)
+        return json and cjson.decode(out) or out
+      end
+      assert.is_truthy(sign("v1"):find("\n== string to sign\nPOST&.-%%26SecurityToken%%3D%*%*%*%%26SignatureMethod"))
+      assert.is_truthy(sign("v1", true).string_to_sign:find("%26SecurityToken%3D***%26", 1, true))
+      assert.is_truthy(sign("v3"):find("\nx%-acs%-security%-token:%*%*%*\nx%-acs%-signature%-nonce:"))
+      assert.is_truthy(sign("v3", true).canonical_request:find("\nx-acs-security-token:***\n", 1, true))
+      local _, help = rrpc { "sign", "--help" }
+      assert.is_truthy(help:find("nor an STS security token: the token shows as ***", 1, true), help)
+    end)
+
+    it("V1 with an STS token: the masked string to sign is still the platform's (masked the same way)", function()
+      local _, out = call("echo", { "--payload", "v1 sts", "--signature", "v1", "--json" }, sts_options(WRONG_SECRET))
+      assert_no_token(out, "call --json")
+      local server = cjson.decode(out).message:match("server string to sign is:(POST&%S+)")
+      assert.is_truthy(server:find("%26SecurityToken%3D***%26", 1, true), server)
+      local status, signed = rrpc({ "sign", "--product-key", PK, "--device", "echo", "--payload", "v1 sts",
+                                    "--signature", "v1", "--timestamp", v1_field(server, "Timestamp"),
+                                    "--nonce", v1_field(server, "SignatureNonce"), "--json" },
+                                  sts_options(STS_SECRET))
+      assert.are.equal(0, status)
+      assert.are.equal(server, cjson.decode(signed).string_to_sign)
+    end)
+
     it("signs for the endpoint the options and environment choose", function()
       local function url(extra, options)
         local args = { "sign", "--product-key", PK, "--device", "echo", "--payload", "x", "--json" }
@@ -478,6 +546,20 @@ describe("rrpc command line", function()
       for _, doc in ipairs(docs) do map[doc.line] = doc end
       return map
     end
+
+    it("an STS token never shows in the outcome lines, the notes or the summary", function()
+      local devices = file("sts.csv", PK .. ",echo\n" .. PK .. ",upper\n")
+      local status, docs, err, out = batch({ "--devices", devices, "--payload", "x", "--signature", "v1",
+                                              "--retries", "0" }, sts_options(WRONG_SECRET))
+      assert.are.equal(10, status)
+      assert.are.equal(2, #docs)
+      for _, doc in ipairs(docs) do
+        assert.are.same({ "auth", "SignatureDoesNotMatch" }, { doc.outcome, doc.code })
+        assert.is_truthy(doc.message:find("%26SecurityToken%3D***%26", 1, true), doc.message)
+      end
+      assert_no_token(out, "batch's outcome lines")
+      assert_no_token(err, "batch's standard error")
+    end)
 
     it("CSV: header, quoted fields, blank lines; malformed lines reported by line number, the rest processed", function()
       local devices = file("devices.csv", table.concat({

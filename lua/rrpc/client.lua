@@ -368,7 +368,13 @@ function client.sign(self, p, call)
     return nil, errors.new { kind = "credentials", code = "CredentialsUnavailable", message = why,
                              delivered = "no", retryable = true }
   end
-  p.secret = c.access_key_secret -- what error messages are scrubbed of
+  if p.signed_with ~= c then
+    -- What errors are scrubbed of: the secret and token of these credentials and of the
+    -- ones before them (a batch reads answers to requests signed before a refresh).
+    local before = p.signed_with or {}
+    p.secrets = { c.access_key_secret, c.security_token, before.access_key_secret, before.security_token }
+    p.signed_with = c
+  end
   p.access_key_id = c.access_key_id
   return core.build_request {
     endpoint = self.endpoint, host = self.host, action = call.action, version = API_VERSION,
@@ -383,8 +389,7 @@ local function retry_after_ms(headers)
   return v and math.floor(v) or nil
 end
 
---- client.interpret(p, call, status, headers, body) --> result | nil, err
-function client.interpret(p, call, status, headers, body)
+local function interpret(p, call, status, headers, body)
   local doc, why = core.decode_response(body)
   local request_id = doc and type(doc.RequestId) == "string" and doc.RequestId
                      or headers["x-acs-request-id"]
@@ -403,12 +408,20 @@ function client.interpret(p, call, status, headers, body)
       message = type(message) == "string" and message or nil,
       request_id = request_id,
       retry_after = retry_after_ms(headers),
-    }, p.secret)
+    })
   end
   if status ~= 200 or doc.Success == false then
     return nil, errors.http(status, ("HTTP %d without an error code"):format(status), request_id)
   end
   return call.outcome(doc)
+end
+
+--- client.interpret(p, call, status, headers, body) --> result | nil, err
+-- No error holds the secret or the security token the request was signed with, in
+-- any field: the platform echoes them (a V1 SignatureDoesNotMatch shows its string to
+-- sign, which holds the token).
+function client.interpret(p, call, status, headers, body)
+  return errors.scrubbing(p.secrets, interpret, p, call, status, headers, body)
 end
 
 -- One attempt on the client's own connection.

@@ -70,23 +70,130 @@ local function is_invalid_code(code)
   return INVALID_CODES[code] or code:find("^Missing") ~= nil or code:find("^InvalidParameter") ~= nil
 end
 
-local function scrub(text, secret)
-  if secret and secret ~= "" and text:find(secret, 1, true) then
-    local parts, from = {}, 1
-    while true do
-      local i, j = text:find(secret, from, true)
-      if not i then break end
-      parts[#parts + 1] = text:sub(from, i - 1)
-      from = j + 1
-    end
-    parts[#parts + 1] = text:sub(from)
-    text = table.concat(parts, "***")
-  end
-  return text
+-- Secrets (AccessKey secrets, security tokens) must not show in any error, in any form
+-- the platform's text can give them: raw (a V3 header), percent-encoded once (a V1
+-- query) or twice (the V1 string to sign encodes the canonical query again), in upper- or
+-- lower-case hex, or JSON-escaped (\/, \u002F). Each byte of a secret may come in any of
+-- these forms, so "CAIS%252Bx%2Fy=" is found as "CAIS+x/y=".
+
+-- whether the two characters at `i` of `text` are the hex digits of the byte `b`
+local function hex_is(text, i, b)
+  local h = text:sub(i, i + 1)
+  return h:find("^%x%x$") ~= nil and tonumber(h, 16) == b
 end
 
+-- the index after the byte `b` at `i` of `text`, in one of those forms, or nil
+local function byte_end(text, i, b)
+  local c = text:byte(i)
+  if c == 37 then -- %
+    if text:sub(i + 1, i + 2) == "25" and hex_is(text, i + 3, b) then return i + 5 end
+    if hex_is(text, i + 1, b) then return i + 3 end
+  elseif c == 92 then -- \
+    local after = text:byte(i + 1)
+    if after == b and (b == 47 or b == 34 or b == 92) then return i + 2 end -- \/ \" \\
+    if after == 117 and text:sub(i + 2, i + 3) == "00" and hex_is(text, i + 4, b) then return i + 6 end
+  end
+  if c == b then return i + 1 end
+end
+
+-- the index after `secret` at `i` of `text`, in any mix of the forms, or nil
+local function secret_end(text, i, secret)
+  for k = 1, #secret do
+    i = byte_end(text, i, secret:byte(k))
+    if not i then return nil end
+  end
+  return i
+end
+
+-- The non-empty strings of `secrets` (a string, a table of them, holes allowed, or nil),
+-- longest first.
+local function secret_list(secrets)
+  local list = {}
+  for _, s in pairs(type(secrets) == "table" and secrets or { secrets }) do
+    if type(s) == "string" and s ~= "" then list[#list + 1] = s end
+  end
+  table.sort(list, function(a, b) return #a > #b end)
+  return list
+end
+
+local function replace_plain(text, secret)
+  local parts, from = {}, 1
+  while true do
+    local i, j = text:find(secret, from, true)
+    if not i then break end
+    parts[#parts + 1] = text:sub(from, i - 1)
+    from = j + 1
+  end
+  parts[#parts + 1] = text:sub(from)
+  return table.concat(parts, "***")
+end
+
+local function mask_list(text, list)
+  if not text:find("[%%\\]") then -- only raw forms can be there
+    for _, secret in ipairs(list) do
+      if text:find(secret, 1, true) then text = replace_plain(text, secret) end
+    end
+    return text
+  end
+  local parts, from, i = {}, 1, 1
+  while i <= #text do
+    local j
+    for _, secret in ipairs(list) do
+      j = secret_end(text, i, secret)
+      if j then break end
+    end
+    if j then
+      parts[#parts + 1] = text:sub(from, i - 1)
+      parts[#parts + 1] = "***"
+      from, i = j, j
+    else
+      i = i + 1
+    end
+  end
+  parts[#parts + 1] = text:sub(from)
+  return table.concat(parts)
+end
+
+--- errors.mask(text, secrets) --> text with every occurrence of each secret, in any of the
+-- forms above, replaced by "***". `secrets`: a string, a list of strings, or nil.
+function errors.mask(text, secrets)
+  local list = secret_list(secrets)
+  if #list == 0 then return text end
+  return mask_list(text, list)
+end
+
+-- The secrets of the call whose answer is being read: see errors.scrubbing.
+local scope_secrets
+
+local function end_scope(outer, ok, ...)
+  scope_secrets = outer
+  if not ok then error((...), 0) end
+  return ...
+end
+
+--- errors.scrubbing(secrets, fn, ...) --> fn(...); every error made meanwhile, whatever
+-- made it, is scrubbed of `secrets` (and of those of an enclosing errors.scrubbing).
+function errors.scrubbing(secrets, fn, ...)
+  local outer = scope_secrets
+  local list = secret_list(secrets)
+  for _, s in ipairs(outer or {}) do list[#list + 1] = s end
+  scope_secrets = #list > 0 and secret_list(list) or outer
+  return end_scope(outer, pcall(fn, ...))
+end
+
+-- Our own fields, from fixed sets: every other string may carry the platform's text.
+local NOT_SCRUBBED = { kind = true, delivered = true }
+
 function errors.new(fields, secret)
-  fields.message = scrub(fields.message or fields.code, secret)
+  fields.message = fields.message or fields.code
+  local list = secret_list(secret)
+  for _, s in ipairs(scope_secrets or {}) do list[#list + 1] = s end
+  if #list > 0 then
+    list = secret_list(list)
+    for name, value in pairs(fields) do
+      if type(value) == "string" and not NOT_SCRUBBED[name] then fields[name] = mask_list(value, list) end
+    end
+  end
   fields.retryable = fields.retryable == true
   fields.delivered = fields.delivered or "maybe"
   return setmetatable(fields, Error)
