@@ -2,6 +2,7 @@
 -- files, and nothing found. The chain takes `getenv` and `home` so that these specs need
 -- no real environment or home directory; one spec runs rrpc.new in a child process with
 -- real environment variables.
+local cjson = require "cjson"
 local credentials = require "rrpc.credentials"
 local rrpc = require "rrpc"
 local emulator = require "emulator"
@@ -112,6 +113,27 @@ describe("credentials", function()
     refused(home .. "/.aliyun/config.json: not a CLI configuration (JSON with a \"profiles\" array)", {})
   end)
 
+  it("refuses a key, secret or token that is not a string, naming the file, profile and field, never the value", function()
+    local path = home .. "/.aliyun/config.json"
+    for _, field in ipairs { "access_key_id", "access_key_secret", "sts_token" } do
+      for _, value in ipairs { 31415926, true, { 31415926 } } do
+        local profile = { name = "sts", mode = "StsToken", access_key_id = "STS.cli", access_key_secret = SECRET,
+                          sts_token = "tok-cli" }
+        profile[field] = value
+        write(path, cjson.encode { current = "sts", profiles = { profile } })
+        local err = refused(("profile sts of %s: %s must be a string, got %s"):format(path, field, type(value)), {})
+        assert.is_nil(err:find("31415926", 1, true), err)
+      end
+    end
+    -- the ECS role's name too; JSON null is no value
+    write(path, '{"profiles": [{"name": "default", "mode": "EcsRamRole", "ram_role_name": 7}]}')
+    refused("profile default of " .. path .. ": ram_role_name must be a string, got number", {})
+    write(path, '{"profiles": [{"name": "default", "mode": "AK", "access_key_id": "LTAIx", "access_key_secret": null}]}')
+    refused("profile default of " .. path .. " has an AccessKey ID but not its secret", {})
+    write(path, '{"current": 3, "profiles": []}')
+    refused(path .. ": current must be a string, got number", {})
+  end)
+
   it("reads the INI credentials file, its default section or the profile's", function()
     write(home .. "/.alibabacloud/credentials", INI)
     assert.equal("LTAIiniDefault", assert(assert(chain {}):get()).access_key_id)
@@ -120,6 +142,13 @@ describe("credentials", function()
     write(elsewhere, "[default]\ntype = access_key\naccess_key_id = LTAIelsewhere\naccess_key_secret = x\n")
     assert.equal("LTAIelsewhere",
       assert(assert(chain { ALIBABA_CLOUD_CREDENTIALS_FILE = elsewhere }):get()).access_key_id)
+  end)
+
+  it("reads a numeric-looking value of the INI file as the text it is (INI has no types)", function()
+    write(home .. "/.alibabacloud/credentials",
+      "[default]\ntype = sts\naccess_key_id = 1234\naccess_key_secret = 31415926\nsecurity_token = 2.5\n")
+    local c = assert(assert(chain {}):get())
+    assert.same({ "1234", "31415926", "2.5" }, { c.access_key_id, c.access_key_secret, c.security_token })
   end)
 
   it("says what is wrong with the INI file, naming the file and line", function()
@@ -202,6 +231,19 @@ describe("credentials", function()
       ]], { ALIBABA_CLOUD_ECS_METADATA_DISABLED = "true" })
       assert.matches("^false .*rrpc.new: no credentials found; looked in: environment", out)
       assert.matches("ECS metadata (disabled by ALIBABA_CLOUD_ECS_METADATA_DISABLED)", out, 1, true)
+    end)
+
+    it("raises a credentials error for a secret of the wrong type in config.json, not at the first call", function()
+      write(home .. "/.aliyun/config.json", cjson.encode { profiles = {
+        { name = "default", mode = "AK", access_key_id = "testid", access_key_secret = 31415926 } } })
+      local out = run_child(([[
+        local ok, err = pcall(require("rrpc").new, { endpoint = %q })
+        io.write(tostring(ok), " ", err)
+      ]]):format(emu.url), { ALIBABA_CLOUD_ECS_METADATA_DISABLED = "true" })
+      os.remove(home .. "/.aliyun/config.json")
+      assert.equal("false rrpc.new: profile default of " .. home .. "/.aliyun/config.json: "
+        .. "access_key_secret must be a string, got number", out)
+      assert.is_nil(out:find("31415926", 1, true), out)
     end)
 
     it("takes a provider, and refuses anything else", function()

@@ -332,6 +332,37 @@ describe("rrpc command line", function()
       assert_no_token(err, "standard error")
     end)
 
+    it("a key, secret or token of the wrong type in ~/.aliyun/config.json exits 6, naming the file and profile", function()
+      os.execute("mkdir -p " .. quote(home .. "/.aliyun"))
+      local path = home .. "/.aliyun/config.json"
+      finally(function() os.remove(path) end)
+      for _, field in ipairs { "access_key_id", "access_key_secret", "sts_token" } do
+        local profile = { name = "default", mode = "StsToken", access_key_id = STS_ID,
+                          access_key_secret = STS_SECRET, sts_token = TOKEN }
+        profile[field] = 31415926
+        write_file(path, cjson.encode { current = "default", profiles = { profile } })
+        local status, out, err = call("echo", nil, { credentials = false })
+        assert_one_line_error(status, 6, out, err, "^rrpc: profile default of " .. path:gsub("%p", "%%%0")
+          .. ": " .. field .. " must be a string, got number\n$")
+        assert.is_nil(err:find("31415926", 1, true), err)
+      end
+      write_file(path, cjson.encode { profiles = { { name = "default", mode = "AK", access_key_id = "testid",
+                                                     access_key_secret = { "testsecret" } } } })
+      local status, out, err = call("echo", nil, { credentials = false })
+      assert_one_line_error(status, 6, out, err, "access_key_secret must be a string, got table")
+    end)
+
+    it("a numeric secret in ~/.alibabacloud/credentials is the text it is (an INI file has no types)", function()
+      os.execute("mkdir -p " .. quote(home .. "/.alibabacloud"))
+      local path = home .. "/.alibabacloud/credentials"
+      finally(function() os.remove(path) end)
+      write_file(path, "[default]\ntype = access_key\naccess_key_id = testid\naccess_key_secret = 31415926\n")
+      local status, out, err = call("echo", nil, { credentials = false })
+      -- signed with the secret "31415926", which the emulator's key does not have
+      assert_one_line_error(status, 6, out, err, "SignatureDoesNotMatch")
+      assert.is_nil(err:find("31415926", 1, true), err)
+    end)
+
     it("a connection that cannot be made exits 7", function()
       local status, out, err = call("echo", { "--payload", "x", "--endpoint", CLOSED_PORT_URL })
       assert_one_line_error(status, 7, out, err, "^rrpc network error CURLE_COULDNT_CONNECT")

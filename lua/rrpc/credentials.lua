@@ -154,18 +154,37 @@ function credentials.ecs_ram_role(opts)
   end)
 end
 
+-- A profile's fields, by role (mode, id, secret, token, role): strings or nil (absent or
+-- JSON null). A number or anything else is an error naming the file, the profile and the
+-- field, never the value.
+local function profile_fields(where, p, fields)
+  local values = {}
+  for _, role in ipairs { "mode", "id", "secret", "token", "role" } do
+    local name = fields[role]
+    local value = p[name]
+    if value == cjson.null then value = nil end
+    if value ~= nil and type(value) ~= "string" then
+      return nil, ("%s: %s must be a string, got %s"):format(where, name, type(value))
+    end
+    values[role] = value
+  end
+  return values
+end
+
 local function profile_provider(where, p, fields, opts)
-  local mode = p[fields.mode]
+  local v, why = profile_fields(where, p, fields)
+  if not v then return nil, why end
+  local mode = v.mode
   if fields.ak_modes[mode] then
-    local present, err = check_pair(where, p[fields.id], p[fields.secret])
+    local present, err = check_pair(where, v.id, v.secret)
     if not present then return nil, err or (where .. " has no AccessKey") end
-    if fields.token_modes[mode] and not p[fields.token] then
+    if fields.token_modes[mode] and not v.token then
       return nil, where .. " is an STS profile without a token (" .. fields.token .. ")"
     end
-    return credentials.static({ access_key_id = p[fields.id], access_key_secret = p[fields.secret],
-                                security_token = fields.token_modes[mode] and p[fields.token] or nil }, where)
+    return credentials.static({ access_key_id = v.id, access_key_secret = v.secret,
+                                security_token = fields.token_modes[mode] and v.token or nil }, where)
   elseif fields.role_modes[mode] then
-    return credentials.ecs_ram_role { role_name = p[fields.role], metadata_endpoint = opts.metadata_endpoint }
+    return credentials.ecs_ram_role { role_name = v.role, metadata_endpoint = opts.metadata_endpoint }
   end
   return nil, ("%s: mode %s is not supported (use %s)"):format(where, tostring(mode), fields.supported)
 end
@@ -180,7 +199,10 @@ function credentials.cli_profile(opts)
   if type(doc) ~= "table" or type(doc.profiles) ~= "table" then
     return nil, ("%s: not a CLI configuration (JSON with a \"profiles\" array)"):format(path)
   end
-  local name = opts.profile or doc.current or "default"
+  if doc.current ~= nil and doc.current ~= cjson.null and type(doc.current) ~= "string" then
+    return nil, ("%s: current must be a string, got %s"):format(path, type(doc.current))
+  end
+  local name = opts.profile or (doc.current ~= cjson.null and doc.current) or "default"
   for _, p in ipairs(doc.profiles) do
     if type(p) == "table" and p.name == name then
       return profile_provider(("profile %s of %s"):format(name, path), p, {
