@@ -6,11 +6,15 @@
 --        body: {"devices": ["dn", ...], "payload": "text" | "payload_base64": "..."}
 --        -> 200 with {"summary": {...}, "results": [{"device": .., ...}, ...]} in input order
 --
--- Outcomes map to statuses: device TIMEOUT 504, OFFLINE/HALFCONN 503, throttling 429,
--- unknown or inactive device or product 404, bad input 400, anything else 502. Every
--- answer carries X-Rrpc-Request-Id and X-Rrpc-Message-Id when the platform gave them.
+-- Outcomes map to statuses: device TIMEOUT 504, OFFLINE/HALFCONN 503, throttling 429
+-- (the platform's, or no slot of the shared quota within max_quota_wait) with
+-- Retry-After, unknown or inactive device or product 404, bad input 400, anything else
+-- 502. Every answer carries X-Rrpc-Request-Id and X-Rrpc-Message-Id when the platform
+-- gave them. A client that leaves ends its request (lua_check_client_abort, see
+-- nginx.conf.in): nothing more is sent for it.
 -- Settings come from the environment: RRPC_ACCESS_KEY_ID, RRPC_ACCESS_KEY_SECRET,
--- RRPC_ENDPOINT (the platform's or the emulator's), RRPC_IOT_INSTANCE_ID, RRPC_QPS.
+-- RRPC_ENDPOINT (the platform's or the emulator's), RRPC_IOT_INSTANCE_ID, RRPC_QPS,
+-- RRPC_MAX_QUOTA_WAIT (ms).
 local rrpc_ngx = require "rrpc.ngx"
 local cjson = require "cjson.safe"
 
@@ -18,6 +22,7 @@ local gateway = {}
 
 local MAX_PAYLOAD = 256 * 1024
 local QPS = tonumber(os.getenv("RRPC_QPS") or "") or 1000 -- the account's RRpc quota
+local MAX_QUOTA_WAIT = tonumber(os.getenv("RRPC_MAX_QUOTA_WAIT") or "") -- nil: rrpc.ngx's default
 
 local client -- one per worker, created on first use
 function gateway.client()
@@ -29,6 +34,7 @@ function gateway.client()
       iot_instance_id = os.getenv("RRPC_IOT_INSTANCE_ID"),
       quota_dict = "rrpc_quota",
       qps = QPS,
+      max_quota_wait = MAX_QUOTA_WAIT,
     }
   end
   return client
@@ -36,6 +42,7 @@ end
 
 local function status_of(err)
   if err.code == "UpstreamTimeout" then return 504 end
+  if err.code == "ClientClosedRequest" then return 499 end -- nobody is there to read it
   if err.kind == "device" then
     if err.rrpc_code == "TIMEOUT" then return 504 end
     if err.rrpc_code == "OFFLINE" or err.rrpc_code == "HALFCONN" then return 503 end
@@ -53,7 +60,7 @@ end
 local function error_fields(err)
   return { kind = err.kind, code = err.code, message = err.message, rrpc_code = err.rrpc_code,
            request_id = err.request_id, message_id = err.message_id, delivered = err.delivered,
-           retryable = err.retryable, attempts = err.attempts }
+           retryable = err.retryable, retry_after = err.retry_after, attempts = err.attempts }
 end
 
 local function send_json(status, value)
@@ -103,7 +110,9 @@ function gateway.device()
     return ngx.exit(200)
   end
   ngx.header["X-Rrpc-Delivered"] = err.delivered
-  if err.retry_after then ngx.header["Retry-After"] = math.ceil(err.retry_after / 1000) end
+  if err.retry_after then -- whole seconds, rounded up
+    ngx.header["Retry-After"] = math.max(1, math.ceil(err.retry_after / 1000))
+  end
   return send_json(status_of(err), { error = error_fields(err) })
 end
 
