@@ -85,10 +85,11 @@ emulator:
 	emulator/run $(if $(PORT),--port $(PORT)) $(if $(DEVICES),--devices $(DEVICES))
 
 install: build
-	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc $(DESTDIR)$(LUA_MODULE_DIR)/rrpc
+	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/transport
 	install -m 0755 $(CORE) $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc/core.so
 	install -m 0644 lua/rrpc.lua $(DESTDIR)$(LUA_MODULE_DIR)/rrpc.lua
 	for f in lua/rrpc/*.lua; do install -m 0644 $$f $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/; done
+	for f in lua/rrpc/transport/*.lua; do install -m 0644 $$f $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/transport/; done
 	install -D -m 0755 bin/rrpc $(DESTDIR)$(PREFIX)/bin/rrpc
 	# the emulator, where `rrpc emulator` looks for it when installed
 	install -d $(DESTDIR)$(PREFIX)/share/rrpc/emulator/lua/rrpc_emulator

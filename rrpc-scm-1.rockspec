@@ -42,8 +42,12 @@ build = {
     ["rrpc.credentials"] = "lua/rrpc/credentials.lua",
     ["rrpc.errors"] = "lua/rrpc/errors.lua",
     ["rrpc.limiter"] = "lua/rrpc/limiter.lua",
+    ["rrpc.limits"] = "lua/rrpc/limits.lua",
     ["rrpc.ngx"] = "lua/rrpc/ngx.lua",
+    ["rrpc.response"] = "lua/rrpc/response.lua",
     ["rrpc.retry"] = "lua/rrpc/retry.lua",
+    ["rrpc.transport.curl"] = "lua/rrpc/transport/curl.lua",
+    ["rrpc.transport.ngx"] = "lua/rrpc/transport/ngx.lua",
   },
   install = {
     bin = { rrpc = "bin/rrpc" },

@@ -88,7 +88,7 @@ elseif mode == "gateway" then
   local url, pk, dn, calls, concurrency = table.unpack(arg, 2)
   calls, concurrency = tonumber(calls), tonumber(concurrency)
   local target = ("%s/devices/%s/%s/rrpc"):format(url, pk, dn)
-  local pool = core.pool { max_connections = concurrency }
+  local pool = require("http").pool { max_connections = concurrency }
   result = measure(function()
     local sent, ok, statuses = 0, 0, {}
     while sent < calls or pool:count() > 0 do

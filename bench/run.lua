@@ -52,9 +52,9 @@ local function http_get(url, method)
 end
 
 -- RequestId -> MessageId as the emulator sent them.
-local function logged_ids(emu)
+local function logged_ids(server)
   local ids = {}
-  for _, line in ipairs(emu:log_lines()) do
+  for _, line in ipairs(server:log_lines()) do
     local rid, mid = line:match("rid=(%S+) mid=(%d+)")
     if rid then ids[rid] = mid end
   end

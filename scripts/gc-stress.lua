@@ -23,6 +23,18 @@ package.path = "./lua/?.lua;./spec/support/?.lua;" .. package.path
 
 local rrpc = require "rrpc"
 local core = require "rrpc.core"
+local limits = require "rrpc.limits"
+
+-- What core.session and core.pool require (rrpc.limits' defaults), with extra's.
+local function c_options(extra)
+  local options = {
+    connect_timeout = limits.CONNECT_TIMEOUT.default, idle_timeout = limits.IDLE_TIMEOUT.default,
+    max_response_bytes = limits.MAX_RESPONSE_BYTES.default, receive_buffer_bytes = limits.RECEIVE_BUFFER_BYTES,
+    response_budget = core.budget(limits.MAX_RESPONSE_MEMORY.default),
+  }
+  for k, v in pairs(extra) do options[k] = v end
+  return options
+end
 local emulator = require "emulator"
 
 local ITERATIONS = tonumber(arg and arg[1]) or 200
@@ -115,8 +127,8 @@ local function iteration(e, i)
   assert(not pcall(core.session, { user_agent = "ua", proxy = false }))
   counts.half_made = counts.half_made + 4
   -- an unused pool and session, never closed
-  local _ = core.pool { max_connections = 1 + i % 4 }
-  _ = core.session { user_agent = "gc-stress" }
+  local _ = core.pool(c_options { max_connections = 1 + i % 4 })
+  _ = core.session(c_options { user_agent = "gc-stress" })
   _ = nil -- luacheck: ignore
 
   -- C paths that anchor Lua values while they work
@@ -144,7 +156,8 @@ local ok, failure = xpcall(function()
   end
   full_gc()
   local fds_end, heap_end = fd_count(), collectgarbage("count")
-  assert(fds_end <= fds_warm, ("file descriptors: %d after %d iterations, %d at the end"):format(fds_warm, WARM, fds_end))
+  assert(fds_end <= fds_warm,
+    ("file descriptors: %d after %d iterations, %d at the end"):format(fds_warm, WARM, fds_end))
   assert(heap_end - heap_warm < HEAP_GROWTH_LIMIT_KB,
     ("the Lua heap grew from %.0f KB to %.0f KB"):format(heap_warm, heap_end))
   print(("gc-stress: %d iterations in %d s: %d calls, %d stream outcomes, %d streams dropped in flight,"

@@ -3,6 +3,7 @@
 -- because the client itself never sends them.
 local rrpc = require "rrpc"
 local core = require "rrpc.core"
+local http = require "http"
 local emulator = require "emulator"
 
 local KEY, SECRET = "testid", "testsecret"
@@ -55,7 +56,7 @@ describe("emulator", function()
 
   setup(function()
     emu = emulator.start { workers = 2 }
-    session = core.session {}
+    session = http.session {}
   end)
 
   teardown(function()
@@ -79,7 +80,7 @@ describe("emulator", function()
     assert.equal(200, status)
     assert.equal("SUCCESS", core.decode_response(first).RrpcCode)
     for _ = 1, 6 do -- fresh sessions: new connections, spread over both workers
-      local other = core.session {}
+      local other = http.session {}
       local again_status, _, again = other:perform("POST", emu.url .. "/", headers, body, 5000)
       other:close()
       assert.equal(400, again_status)

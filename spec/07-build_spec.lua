@@ -71,7 +71,7 @@ describe("installation under " .. VM .. " #build", function()
     local file = assert(io.open("rrpc-scm-1.rockspec"))
     local text = file:read("*a")
     file:close()
-    local env, chunk = {}, nil
+    local env, chunk = {}
     if _VERSION == "Lua 5.1" then -- and LuaJIT
       chunk = assert(loadstring(text, "rrpc-scm-1.rockspec"))
       setfenv(chunk, env)
@@ -90,11 +90,11 @@ describe("installation under " .. VM .. " #build", function()
     -- the files git tracks (work in progress is not the rockspec's yet), or what is there
     local _, files = run("git ls-files 'src/*.c' lua/rrpc.lua 'lua/rrpc/*.lua' 2>/dev/null | grep . ||"
       .. " ls src/*.c lua/rrpc.lua lua/rrpc/*.lua")
-    for file in files:gmatch("[^\n]+") do
-      local module = file:match("^lua/(.*)%.lua$")
+    for path in files:gmatch("[^\n]+") do
+      local module = path:match("^lua/(.*)%.lua$")
       module = module and module:gsub("/", ".")
-      assert.is_not_nil(listed[file], file .. " is not in the rockspec")
-      if module then assert.equal(module, listed[file]) end
+      assert.is_not_nil(listed[path], path .. " is not in the rockspec")
+      if module then assert.equal(module, listed[path]) end
     end
   end)
 

@@ -356,9 +356,9 @@ describe("against the emulator", function()
 
     it("checks its options", function()
       assert.has_error(function() rrpc.batch(client, {}, { concurrency = 0 }) end,
-        "bad argument #1 to 'batch' (option 'concurrency' must be in 1..100000, got 0)")
+        "bad argument #3 to 'batch' (option 'concurrency' must be in 1..100000, got 0)")
       assert.has_error(function() rrpc.batch(client, {}, { parallel = 2 }) end,
-        "bad argument #1 to 'batch' (unknown option 'parallel')")
+        "bad argument #3 to 'batch' (unknown option 'parallel')")
       assert.has_error(function() rrpc.batch(client, "devices.csv") end,
         "bad argument #2 to 'batch' (array of requests or iterator function expected, got string)")
       assert.has_error(function() rrpc.batch({}, {}) end,
@@ -386,7 +386,6 @@ describe("against the emulator", function()
     end)
 
     it("drops the calls in flight when the loop is left early, and the client goes on", function()
-      local n = 0
       local scope = assert((loadstring or load)([[
         local rrpc, client, requests = ...
         local n = 0
@@ -396,7 +395,7 @@ describe("against the emulator", function()
         end
         return n
       ]]))
-      n = scope(rrpc, client, requests_to({ "slow" }, 20, { timeout = 3000 }))
+      local n = scope(rrpc, client, requests_to({ "slow" }, 20, { timeout = 3000 }))
       assert.equal(2, n)
       local results = rrpc.batch(client, requests_to({ "echo" }, 3))
       assert.equal("p3", results[3].res.payload)

@@ -2,7 +2,7 @@
 -- shared quota as a bounded queue (429 with Retry-After beyond max_quota_wait), and the
 -- checks of rrpc_ngx.new's options. The example gateway (examples/openresty) in front of
 -- the emulator; HTTP to the gateway through rrpc.core's libcurl pool.
-local core = require "rrpc.core"
+local http = require "http"
 local cjson = require "cjson"
 local emulator = require "emulator"
 local process = require "process"
@@ -134,7 +134,7 @@ end
 -- POSTs sent at once; each answer is { status, headers, body, code, seconds } (code:
 -- libcurl's, for a transfer that failed, e.g. on its timeout).
 local function clients()
-  local pool = core.pool { max_connections = 1000 }
+  local pool = http.pool { max_connections = 1000 }
   local started, groups, of, next_token = {}, {}, {}, 0
   local self = {}
   -- sends n POSTs; returns the group's table of answers (filled as they come)
@@ -345,7 +345,7 @@ describe("OpenResty gateway: many clients on a small quota #openresty", function
     assert.is_true(key.max_per_second <= 10, "busiest second: " .. key.max_per_second)
     -- Retry-After later, there is room
     system.sleep(retry_after)
-    local session = core.session {}
+    local session = http.session {}
     local status = session:perform("POST", gw.url .. "/devices/" .. PK .. "/echo/rrpc", {}, "again", 5000)
     session:close()
     assert.equal(200, status)
@@ -395,7 +395,7 @@ describe("rrpc_ngx.new and rrpc_ngx.on_abort #openresty", function()
     emu = emulator.start {}
     include = with_spec_locations()
     gw = start_gateway { endpoint = emu.url, include = include }
-    session = core.session {}
+    session = http.session {}
   end)
 
   teardown(function()

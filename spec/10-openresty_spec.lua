@@ -1,6 +1,7 @@
 -- rrpc.ngx inside real nginx: the example gateway (examples/openresty) in front of the
 -- emulator. HTTP to the gateway goes through rrpc.core's libcurl pool and session.
 local core = require "rrpc.core"
+local http = require "http"
 local cjson = require "cjson"
 local emulator = require "emulator"
 local gateway_server = require "gateway_server"
@@ -20,7 +21,7 @@ describe("OpenResty gateway #openresty", function()
   setup(function()
     emu = emulator.start {}
     gw = gateway_server.start { endpoint = emu.url, workers = 1 }
-    session = core.session {}
+    session = http.session {}
   end)
 
   teardown(function()
@@ -87,7 +88,7 @@ describe("OpenResty gateway #openresty", function()
   end)
 
   it("runs 200 calls to devices that answer in 1 s in about 1 s, on one worker", function()
-    local pool = core.pool { max_connections = 200 }
+    local pool = http.pool { max_connections = 200 }
     local started = system.monotime()
     for i = 1, 200 do
       pool:add(i, "POST", gw.url .. "/devices/a1Bench/d1000/rrpc", {}, "n" .. i, 20000)
@@ -111,7 +112,7 @@ describe("OpenResty gateway #openresty", function()
   end)
 
   it("answers other requests at once while a slow call is pending on the same worker", function()
-    local pool = core.pool {}
+    local pool = http.pool {}
     pool:add(1, "POST", gw.url .. "/devices/" .. PK .. "/slow/rrpc?timeout=3000", {}, "slow", 20000)
     pool:run(50) -- the slow call is on its way
     local started = system.monotime()
@@ -188,7 +189,7 @@ describe("OpenResty gateway with 2 workers #openresty", function()
 
   it("holds the shared quota across workers, answering 429 beyond max_quota_wait", function()
     os.execute("curl -s -X POST " .. emu.url .. "/__emulator/stats/reset")
-    local pool = core.pool { max_connections = 40 }
+    local pool = http.pool { max_connections = 40 }
     for i = 1, 40 do
       pool:add(i, "POST", gw.url .. "/devices/" .. PK .. "/echo/rrpc", {}, "q" .. i, 20000)
     end

@@ -5,6 +5,7 @@
 -- and the rrpc client.
 local rrpc = require "rrpc"
 local core = require "rrpc.core"
+local http = require "http"
 local emulator = require "emulator"
 local process = require "process"
 local system = require "system"
@@ -104,7 +105,7 @@ describe("emulator credentials", function()
 
   setup(function()
     emu = emulator.start { workers = 2 } -- tokens and keys must be shared by the workers
-    session = core.session {}
+    session = http.session {}
   end)
 
   teardown(function()
@@ -146,7 +147,7 @@ describe("emulator credentials", function()
     it("shares tokens between workers", function()
       local shared = token()
       for _ = 1, 6 do -- new connections, spread over both workers
-        local other = core.session {}
+        local other = http.session {}
         local status = other:perform("GET", emu.url .. ROLES_PATH, { ["X-aliyun-ecs-metadata-token"] = shared }, "", 5000)
         other:close()
         assert.equal(200, status)
@@ -366,7 +367,7 @@ describe("emulator HTTPS listener", function()
   end)
 
   it("serves the metadata service too", function()
-    local session = core.session { ca_file = certs.ca_file }
+    local session = http.session { ca_file = certs.ca_file }
     local token = command_output("curl -s --cacert " .. quote(certs.ca_file)
       .. " -X PUT -H 'X-aliyun-ecs-metadata-token-ttl-seconds: 60' " .. emu.https_url .. "/latest/api/token")
     local status, _, body = session:perform("GET", emu.https_url .. ROLES_PATH .. "EcsRole",

@@ -142,6 +142,9 @@ describe("ECS RAM role credentials", function()
       system.sleep(0.25)
     end
     c:close()
+    local keys = 0
+    for _ in pairs(ids) do keys = keys + 1 end
+    assert.is_true(keys >= 2, "the calls signed with refreshed credentials") -- STS key ids differ
     local credentials_fetched = metadata_counts().credentials
     assert.is_true(credentials_fetched >= 2 and credentials_fetched <= 4, "fetched " .. credentials_fetched)
   end)

@@ -680,10 +680,10 @@ describe("rrpc command line", function()
       local status, docs = batch({ "--devices", "-", "--payload-file", payload }, { stdin = PK .. ",echo\n" })
       assert.are.equal(0, status)
       assert.are.equal(ALL_BYTES, rrpc_lib.b64decode(docs[1].payload_base64))
-      local out, err
-      status, docs, err, out = batch({ "--devices", "-", "-" }, { stdin = PK .. ",echo\n" })
+      local _, out, err
+      status, _, err, out = batch({ "--devices", "-", "-" }, { stdin = PK .. ",echo\n" })
       assert_one_line_error(status, 2, out, err, "^rrpc: standard input cannot be both the devices and the payload")
-      status, docs, err, out = batch { "--devices", dir .. "/no-such-file.csv", "--payload", "x" }
+      status, _, err, out = batch { "--devices", dir .. "/no-such-file.csv", "--payload", "x" }
       assert_one_line_error(status, 2, out, err, "^rrpc: cannot read the devices file: .*no%-such%-file")
     end)
 
@@ -722,10 +722,10 @@ describe("rrpc command line", function()
       assert.are.equal(10, status)
       assert.are.same({ "throttled", 3 }, { docs[1].outcome, docs[1].attempts }) -- the library's default
       assert.are.same({ "timeout", 1 }, { docs[2].outcome, docs[2].attempts })
-      status, docs = batch { "--devices", devices, "--payload", "r", "--timeout", "1000", "--ordered", "--retries", "0" }
+      local _, err, out
+      _, docs = batch { "--devices", devices, "--payload", "r", "--timeout", "1000", "--ordered", "--retries", "0" }
       assert.are.equal(1, docs[1].attempts)
-      local err, out
-      status, docs, err, out = batch { "--devices", devices, "--payload", "r", "--timeout", "50" }
+      status, _, err, out = batch { "--devices", devices, "--payload", "r", "--timeout", "50" }
       assert_one_line_error(status, 2, out, err, "^rrpc: option 'timeout' must be in 1000%.%.8000, got 50")
     end)
 
@@ -737,8 +737,8 @@ describe("rrpc command line", function()
       assert.is_true(count(err, "rrpc batch: %d+/4 %d+%% [%d.]+/s ETA %d+:%d%d; ") >= 2, err)
       assert.is_nil(err:find("\27", 1, true))
       assert.is_truthy(err:find("\noutcome +devices\nok +3\noffline +1\ntotal +4 "), err)
-      status, docs, err = batch { "--devices", devices, "--payload", "p", "--progress-interval", "0" }
-      assert.are.equal(0, count(err, "rrpc batch: "))
+      local _, _, quiet = batch { "--devices", devices, "--payload", "p", "--progress-interval", "0" }
+      assert.are.equal(0, count(quiet, "rrpc batch: "))
     end)
 
     it("draws a live progress bar on a terminal (under script), keeping standard output clean", function()

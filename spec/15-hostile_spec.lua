@@ -337,7 +337,7 @@ describe("a hostile far side", function()
     end
 
     for _, memory in ipairs { 16 * 1024 * 1024, 64 * 1024 * 1024 } do
-      it(("100 huge answers in flight stay within max_response_memory (%d MiB)"):format(memory / 2^20), function()
+      it(("100 huge answers in flight, max_response_memory %d MiB: peak memory within the limit"):format(memory / 2^20), function()
         local peak, after, counts = batch_of_huge(memory)
         -- each call ends on the budget or on its own limit, having been sent; none is retried
         local ended = (counts["ResponseMemoryExceeded/maybe/false"] or 0) + (counts["ResponseTooLarge/maybe/false"] or 0)
@@ -380,7 +380,8 @@ describe("answers of the wrong shape", function()
   local OK_HEAD = '{"RequestId":"R","Success":true,"RrpcCode":"SUCCESS",'
   local CASES = {
     -- body, the error's code (nil: a success) and a text of its message
-    { OK_HEAD .. '"MessageId":1.5,"PayloadBase64Byte":"eA=="}', "InvalidResponse", "field 'MessageId' must be a 64-bit integer, got number" },
+    { OK_HEAD .. '"MessageId":1.5,"PayloadBase64Byte":"eA=="}', "InvalidResponse",
+      "field 'MessageId' must be a 64-bit integer, got number" },
     { OK_HEAD .. '"MessageId":1e400,"PayloadBase64Byte":"eA=="}', "InvalidResponse", "field 'MessageId'" },
     { OK_HEAD .. '"MessageId":-5,"PayloadBase64Byte":"eA=="}', "InvalidResponse", "field 'MessageId'" },
     { OK_HEAD .. '"MessageId":"12x","PayloadBase64Byte":"eA=="}', "InvalidResponse", "field 'MessageId'" },

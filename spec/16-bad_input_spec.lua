@@ -4,6 +4,7 @@
 -- a boundary value it should accept; that the process survives them all is the rest.
 local rrpc = require "rrpc"
 local core = require "rrpc.core"
+local http = require "http"
 
 local DISCARD = "http://127.0.0.1:9" -- nothing listens: a valid call fails fast with nil, err
 local KEYS = { access_key_id = "LTAI5tBadInput", access_key_secret = "Bad-Input-Secret" }
@@ -34,7 +35,7 @@ local KINDS = {
   string = function(v) return type(v) == "string" end,
   integer = function(v) return type(v) == "number" end, -- fractions and ranges: see boundaries
   cnumber = function(v) return tonumber(v) ~= nil and type(v) ~= "boolean" end,
-  optional_cnumber = function(v) return v == nil or (tonumber(v) ~= nil and type(v) ~= "boolean") end,
+  userdata = function(v) return type(v) == "userdata" end,
   boolean = function(v) return type(v) == "boolean" end,
   table = function(v) return type(v) == "table" end,
   ["function"] = function(v) return type(v) == "function" end,
@@ -410,12 +411,12 @@ options("client:request", "request opts", function(opts) return client:request("
   retry = { kind = "any" },
 }, { error = function(name) return raises(("option '%s'"):format(name)) end, valid = returns_nil_err,
      unknown = raises("unknown option 'no_such_option'"), optional = true, false_is_default = true,
-     not_table = raises("bad argument #1 to 'request' (table expected") })
+     not_table = raises("bad argument #3 to 'request' (table expected") })
 
 -- The same requests in a batch: never raised, each an "invalid" outcome naming the field.
 local function batch_of_one(request)
-  local results = rrpc.batch(client, { request }, { retry = false })
-  return results[1]
+  local outcomes = rrpc.batch(client, { request }, { retry = false })
+  return outcomes[1]
 end
 options("batch", "batch request", batch_of_one, RRPC_BASE, RRPC_SPEC, {
   error = function(name) return invalid(("option '%s'"):format(name)) end, valid = sent,
@@ -460,15 +461,22 @@ for _, f in ipairs {
     retry = { kind = "any" },
   }, { error = function(name) return raises(("option '%s'"):format(name)) end, valid = returns,
        unknown = raises("unknown option 'no_such_option'"), optional = true, false_is_default = true,
-       not_table = raises(("bad argument #1 to '%s' (table expected"):format(fname)) })
+       not_table = raises(("bad argument #3 to '%s' (table expected"):format(fname)) })
   for _, sample in ipairs(SAMPLES) do
     local value = sample[2]
-    if value ~= nil and value ~= false then
+    -- a table is a policy's options, as client:rrpc takes them
+    if value ~= nil and value ~= false and type(value) ~= "table" then
       case("batch", ("%s retry = %s"):format(fname, sample[1]), function()
         return run(client, {}, { retry = value })
       end, raises("option 'retry' must be a policy"))
     end
   end
+  case("batch", fname .. " retry as a table of a policy's options", function()
+    return run(client, {}, { retry = { max_attempts = 2 } })
+  end, returns)
+  case("batch", fname .. " retry as a table with a bad option", function()
+    return run(client, {}, { retry = { max_attempts = 0 } })
+  end, raises("bad argument #3 to '" .. fname .. "' (option 'retry': option 'max_attempts' must be in 1..100, got 0)"))
   case("batch", fname .. " burst above qps", function() return run(client, {}, { qps = 5, burst = 6 }) end,
     raises("option 'burst' must be in 1..5"))
   case("batch", fname .. " defaults of the wrong types", function()
@@ -574,33 +582,37 @@ end
 ------------------------------------------------------------------------------------------
 -- The C core's own objects: core.session{...}, core.pool{...} and their methods.
 
-local C_NUMBER = { connect_timeout = { 1, 600000 }, idle_timeout = { 1, 3600 }, max_response_bytes = { 1024, 2 ^ 30 } }
+-- Every number and the budget are required: the C core holds no defaults (rrpc.limits does).
+local C_NUMBER = { connect_timeout = { 1, 600000 }, idle_timeout = { 1, 3600 }, max_response_bytes = { 1024, 2 ^ 30 },
+                   receive_buffer_bytes = { 1024, 10 * 1024 * 1024 } }
 local function c_options(extra)
   local spec = {
     ca_file = { kind = "string" }, ca_path = { kind = "string" }, user_agent = { kind = "string" },
     proxy = { kind = "string" }, no_proxy = { kind = "string" }, verify = { kind = "any" },
+    response_budget = { kind = "userdata", required = true },
   }
-  for name, range in pairs(C_NUMBER) do spec[name] = { kind = "cnumber", lo = range[1], hi = range[2] } end
+  for name, range in pairs(C_NUMBER) do spec[name] = { kind = "cnumber", lo = range[1], hi = range[2], required = true } end
   for name, o in pairs(extra or {}) do spec[name] = o end
   return spec
 end
-options("core", "session", function(o) core.session(o):close() end, {}, c_options(), {
-  error = field_error, valid = returns, optional = true, not_table = c_argument(1),
+local C_BASE = http.options()
+C_BASE.max_connections = nil
+options("core", "session", function(o) core.session(o):close() end, C_BASE, c_options(), {
+  error = field_error, valid = returns, not_table = c_argument(1),
 })
-options("core", "pool", function(o) core.pool(o):close() end, {}, c_options {
-  max_connections = { kind = "cnumber", lo = 1, hi = 100000 },
-}, { error = field_error, valid = returns, optional = true, not_table = c_argument(1) })
+options("core", "pool", function(o) core.pool(o):close() end, http.options(), c_options {
+  max_connections = { kind = "cnumber", lo = 1, hi = 100000, required = true },
+}, { error = field_error, valid = returns, not_table = c_argument(1) })
 
 -- core.budget(bytes) and the budget a session or pool takes; core.parse_url(url).
-positional("core", "budget", core.budget, { 4096 }, 1, "optional_cnumber", function() return raises("number expected") end)
+positional("core", "budget", core.budget, { 4096 }, 1, "cnumber", function() return raises("number expected") end)
 for _, bytes in ipairs { 0, 1023, 2 ^ 41, 0 / 0, math.huge, -math.huge } do
   case("core", ("budget(%s)"):format(tostring(bytes)), function() return core.budget(bytes) end,
     raises("bytes in 1024..2^40 expected"))
 end
-case("core", "budget() takes the default", function() assert(core.budget()) end, returns)
-for _, value in ipairs { "64", 64, {}, core.session {} } do
+for _, value in ipairs { "64", 64, {}, http.session {} } do
   case("core", ("session{ response_budget = %s }"):format(type(value)), function()
-    return core.session { response_budget = value }
+    return core.session(copy(C_BASE, "response_budget", value))
   end, raises("bad field 'response_budget' (rrpc.core.budget expected"))
 end
 positional("core", "parse_url", core.parse_url, { "http://h" }, 1, "string", function() return raises("string expected") end)
@@ -610,8 +622,8 @@ case("core", "parse_url with a NUL byte", function()
   assert.is_string(why)
 end, returns)
 
-local session = core.session {}
-local closed_session = core.session {}
+local session = http.session {}
+local closed_session = http.session {}
 closed_session:close()
 local PERFORM_ARGS = { "GET", DISCARD .. "/", {}, "", 1000 }
 local function perform(args) return results(pack(session:perform(unpack(args, 1, 5)))) end
@@ -647,7 +659,7 @@ case("core", "session:close twice", function() closed_session:close() end, retur
 local POOL_ARGS = { 1, "GET", DISCARD .. "/", {}, "", 1000 }
 -- Each case its own pool, closed after: a call that is accepted stays in flight.
 local function with_pool(fn)
-  local pool = core.pool {}
+  local pool = http.pool {}
   local ok, a, b = pcall(fn, pool)
   pool:close()
   if not ok then error(a, 0) end
@@ -684,14 +696,14 @@ case("core", "pool:cancel of an unknown call", function()
 end, returns)
 for _, mname in ipairs { "add", "run", "cancel", "count" } do
   case("core", ("pool:%s on a closed pool"):format(mname), function()
-    local pool = core.pool {}
+    local pool = http.pool {}
     pool:close()
     pool:close() -- idempotent
     return pool[mname](pool, 1)
   end, raises("closed rrpc pool"))
 end
 for _, m in ipairs {
-  { "perform", core.session, "rrpc.session" }, { "add", core.pool, "rrpc.pool" }, { "run", core.pool, "rrpc.pool" },
+  { "perform", http.session, "rrpc.session" }, { "add", http.pool, "rrpc.pool" }, { "run", http.pool, "rrpc.pool" },
 } do
   local mname, make, class = m[1], m[2], m[3]
   local method = make({})[mname]

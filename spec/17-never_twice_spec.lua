@@ -10,6 +10,7 @@
 local rrpc = require "rrpc"
 local cjson = require "cjson"
 local core = require "rrpc.core"
+local http = require "http"
 local emulator = require "emulator"
 local gateway_server = require "gateway_server"
 local process = require "process"
@@ -105,7 +106,7 @@ describe("never twice #never_twice", function()
     end
 
     it("counts each arrival before the signature and nonce checks", function()
-      local session = core.session {}
+      local session = http.session {}
       local headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
       local payload = unique("replayed")
       local body = signed_v1_body(payload, SECRET)
@@ -285,7 +286,7 @@ describe("never twice #never_twice", function()
       local name = endpoint.name
       it(name .. ": one call and a batch (default policy): each arrives once, delivered maybe", function()
         local gw = gateway(emu[endpoint.field])
-        local session = core.session {}
+        local session = http.session {}
         -- one worker, so the kept-alive upstream connection of the echo call is the one
         -- the vanish call reuses
         local primer = unique("ngx primer")

@@ -6,6 +6,7 @@
 -- errors and logs are scanned by spec/99.
 local rrpc = require "rrpc"
 local core = require "rrpc.core"
+local http = require "http"
 local client_module = require "rrpc.client"
 local credentials = require "rrpc.credentials"
 local errors = require "rrpc.errors"
@@ -80,7 +81,7 @@ describe("the security token in errors", function()
       access_key_id = KEY, access_key_secret = WRONG_SECRET, security_token = TOKEN,
       region_id = "cn-shanghai", signature = "v1", placement = "body",
     }
-    local session = core.session {}
+    local session = http.session {}
     local status, _, answer = session:perform("POST", url, headers, body, 10000)
     session:close()
     assert.equal(400, status)

@@ -23,10 +23,10 @@ struct rrpc_budget *rrpc_push_budget(lua_State *L, lua_Number limit)
     return *box;
 }
 
-/* budget([limit_bytes]) --> rrpc.budget */
+/* budget(limit_bytes) --> rrpc.budget */
 int l_budget(lua_State *L)
 {
-    lua_Number limit = luaL_optnumber(L, 1, RRPC_DEFAULT_RESPONSE_MEMORY);
+    lua_Number limit = luaL_checknumber(L, 1);
     /* written so that NaN fails too */
     luaL_argcheck(L, limit >= 1024 && limit <= 1099511627776.0, 1, "bytes in 1024..2^40 expected");
     rrpc_push_budget(L, limit);

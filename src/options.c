@@ -5,23 +5,18 @@
 
 #include "transfer.h"
 
-#define DEFAULT_CONNECT_TIMEOUT_MS 5000L
-#define DEFAULT_MAX_RESPONSE_BYTES (8L * 1024 * 1024)
-/* The platform drops pooled connections after about 10 s idle: stop reusing them first. */
-#define DEFAULT_IDLE_SECONDS 8L
-static long opt_number(lua_State *L, int t, const char *field, long def, long lo, long hi)
+/* A number the caller must give (rrpc.limits holds every default), within what C can
+ * take. */
+static long opt_number(lua_State *L, int t, const char *field, long lo, long hi)
 {
-    long v = def;
+    lua_Number n;
     lua_getfield(L, t, field);
-    if (!lua_isnil(L, -1)) {
-        lua_Number n = lua_tonumber(L, -1);
-        /* written so that NaN fails too: converting it to long is undefined */
-        if (!lua_isnumber(L, -1) || !(n >= lo && n <= hi))
-            luaL_error(L, "bad field '%s' (number in %d..%d expected)", field, (int)lo, (int)hi);
-        v = (long)n;
-    }
+    n = lua_tonumber(L, -1);
+    /* written so that NaN fails too: converting it to long is undefined */
+    if (!lua_isnumber(L, -1) || !(n >= lo && n <= hi))
+        luaL_error(L, "bad field '%s' (number in %d..%d expected)", field, (int)lo, (int)hi);
     lua_pop(L, 1);
-    return v;
+    return (long)n;
 }
 
 /* Returns a copy the caller frees (rrpc_options_free), or NULL. */
@@ -44,15 +39,17 @@ static char *opt_copy(lua_State *L, int t, const char *field)
     return v;
 }
 
-/* options: { connect_timeout=ms, idle_timeout=s, max_response_bytes=, verify=true,
- *            ca_file=, ca_path=, user_agent=, proxy=, no_proxy= }. The caller must free o's strings even when
- * this raises, so o lives in a userdata whose __gc does. */
+/* options: { connect_timeout=ms, idle_timeout=s, max_response_bytes=, receive_buffer_bytes=,
+ *            response_budget=, verify=true, ca_file=, ca_path=, user_agent=, proxy=,
+ *            no_proxy= }; the numbers and the budget are required. The caller must free
+ * o's strings even when this raises, so o lives in a userdata whose __gc does. */
 void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o)
 {
-    o->connect_ms = opt_number(L, t, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_MS, 1, 600000);
-    o->idle_s = opt_number(L, t, "idle_timeout", DEFAULT_IDLE_SECONDS, 1, 3600);
-    o->max_response = (size_t)opt_number(L, t, "max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES,
-                                         1024, 1L << 30);
+    o->connect_ms = opt_number(L, t, "connect_timeout", 1, 600000);
+    o->idle_s = opt_number(L, t, "idle_timeout", 1, 3600);
+    o->max_response = (size_t)opt_number(L, t, "max_response_bytes", 1024, 1L << 30);
+    /* libcurl's CURLOPT_BUFFERSIZE range */
+    o->receive_buffer = opt_number(L, t, "receive_buffer_bytes", 1024, 10 * 1024 * 1024);
     lua_getfield(L, t, "verify");
     o->verify = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -62,10 +59,7 @@ void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o)
     o->proxy = opt_copy(L, t, "proxy");
     o->no_proxy = opt_copy(L, t, "no_proxy");
     lua_getfield(L, t, "response_budget");
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        rrpc_push_budget(L, RRPC_DEFAULT_RESPONSE_MEMORY); /* a budget of its own */
-    } else if (luaL_testudata(L, -1, RRPC_BUDGET_MT) == NULL) {
+    if (luaL_testudata(L, -1, RRPC_BUDGET_MT) == NULL) {
         luaL_error(L, "bad field 'response_budget' (rrpc.core.budget expected, got %s)",
                    luaL_typename(L, -1));
     }

@@ -14,7 +14,6 @@
 
 #include "transfer.h"
 
-#define DEFAULT_MAX_CONNECTIONS 100L
 #define EVENTS_PER_WAIT 256
 
 struct pool {
@@ -124,19 +123,15 @@ static void trim_idle(struct pool *p)
         free_transfer(pop_idle(p));
 }
 
-/* pool{ max_connections=100, and the session's options } */
+/* pool{ max_connections=, and the session's options } */
 int l_pool(lua_State *L)
 {
     struct pool *p;
     long max_connections;
-    if (lua_isnoneornil(L, 1)) {
-        lua_settop(L, 0);
-        lua_newtable(L);
-    }
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     lua_getfield(L, 1, "max_connections");
-    max_connections = lua_isnil(L, -1) ? DEFAULT_MAX_CONNECTIONS : (long)lua_tointeger(L, -1);
+    max_connections = (long)lua_tointeger(L, -1); /* 0 when absent */
     luaL_argcheck(L, max_connections >= 1 && max_connections <= 100000, 1,
                   "field 'max_connections' must be an integer in 1..100000");
     lua_pop(L, 1);

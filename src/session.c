@@ -24,10 +24,6 @@ int l_session(lua_State *L)
 {
     struct session *s;
     const char *failed;
-    if (lua_isnoneornil(L, 1)) {
-        lua_settop(L, 0);
-        lua_newtable(L);
-    }
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     /* box first: whatever fails below, the GC owns and frees what was made */

@@ -8,9 +8,6 @@
 
 /* Buffers above this are released after a call instead of kept for the next one. */
 #define KEEP_BUFFER_BYTES (64u * 1024)
-/* libcurl's receive buffer per handle (default 16 KB): small keeps memory per call in
- * flight low, and RRpc answers are small. */
-#define RECEIVE_BUFFER_BYTES 4096L
 
 static int buffer_add(struct rrpc_buffer *b, const char *p, size_t n)
 {
@@ -139,7 +136,7 @@ const char *rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_option
     SET(CURLOPT_MAXAGE_CONN, o->idle_s, "idle_timeout");
     SET(CURLOPT_TCP_KEEPALIVE, 1L, "libcurl");
     SET(CURLOPT_ACCEPT_ENCODING, "", "libcurl");
-    SET(CURLOPT_BUFFERSIZE, RECEIVE_BUFFER_BYTES, "libcurl");
+    SET(CURLOPT_BUFFERSIZE, o->receive_buffer, "receive_buffer_bytes");
     /* a Content-Length over the limit fails at once, before any of the body is read;
      * on_body bounds the rest (chunked, or decompressed) */
     SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_response, "max_response_bytes");

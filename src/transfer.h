@@ -22,7 +22,7 @@ struct rrpc_budget {
 
 /* Connection settings, copied out of the Lua options table. */
 struct rrpc_options {
-    long connect_ms, idle_s;
+    long connect_ms, idle_s, receive_buffer;
     size_t max_response;
     int verify;
     char *ca_file, *ca_path, *user_agent, *proxy, *no_proxy;
@@ -45,9 +45,6 @@ struct rrpc_transfer {
 
 /* Initialises libcurl once per process; returns 0 when it cannot. */
 int rrpc_curl_ready(void);
-
-/* The default of max_response_memory. */
-#define RRPC_DEFAULT_RESPONSE_MEMORY (64.0 * 1024 * 1024)
 
 /* options.c */
 void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o);

@@ -1,13 +1,19 @@
--- Argument checks shared by the public functions: every bad argument raises an error
--- that names the function and the option, pointing at the caller's line.
+-- The one checker of options tables, for the client, batches, retry policies, rrpc.ngx
+-- and the command line. A table of option specs says what each option may be:
+--
+--   { type = "string" | "integer" | "number" | "boolean" | "table" | "function" | "any",
+--     required = true,          -- absent (or "", unless empty = true) is a problem
+--     range = { min =, max = }, -- limits.lua's entries fit
+--     choices = { "v1", "v3" },
+--     check = function(value) --> nil | the whole message }
+--
+-- args.problem(opts, specs) finds what is wrong without raising: a structured problem
+-- { option =, message = } that a batch turns into an outcome. args.check raises it as
+-- "bad argument #N to 'fname' (message)", pointing at the caller's line.
 local args = {}
 
 local ARTICLE = { string = "a ", number = "a ", integer = "an ", boolean = "a ", table = "a ",
                   ["function"] = "a " }
-
-function args.error(fname, msg, level)
-  error(("bad argument #1 to '%s' (%s)"):format(fname, msg), level + 1)
-end
 
 function args.is_integer(v)
   return type(v) == "number" and v == v and v % 1 == 0 and v > -2^53 and v < 2^53
@@ -17,47 +23,90 @@ function args.describe(v)
   return type(v) == "string" and ("%q"):format(v) or tostring(v)
 end
 
--- spec: name -> "string" | "number" | "integer" | "boolean" | "table" | "function" | "any"
-function args.check_options(fname, opts, spec, level)
+local function has_type(value, want)
+  if want == "any" then return true end
+  if want == "integer" then return args.is_integer(value) end
+  return type(value) == want
+end
+
+local function is_choice(choices, value)
+  for _, choice in ipairs(choices) do
+    if choice == value then return true end
+  end
+  return false
+end
+
+local function is_missing(value, spec)
+  return value == nil or (spec.required and value == "" and not spec.empty)
+end
+
+-- What is wrong with one option's value (one that is there), or nil.
+local function value_problem(name, value, spec)
+  if not has_type(value, spec.type) then
+    return ("option '%s' must be %s, got %s"):format(name, ARTICLE[spec.type] .. spec.type, type(value))
+  end
+  local range = spec.range
+  if range and (value < range.min or value > range.max) then
+    return ("option '%s' must be in %d..%d, got %s"):format(name, range.min, range.max, args.describe(value))
+  end
+  if spec.choices and not is_choice(spec.choices, value) then
+    return ("option '%s' has no choice %s"):format(name, args.describe(value))
+  end
+  if spec.check then return spec.check(value) end
+end
+
+-- The option names of each specs table, sorted once.
+local sorted_names = setmetatable({}, { __mode = "k" })
+
+--- args.problem(opts, specs) --> nil | { option =, message = }
+-- Unknown options first, then the values given, then what is missing; each in a stable
+-- order (the specs' names, sorted).
+function args.problem(opts, specs)
   if type(opts) ~= "table" then
-    args.error(fname, "table expected, got " .. type(opts), level + 1)
+    return { message = "table expected, got " .. type(opts) }
   end
-  for name, value in pairs(opts) do
-    local want = spec[name]
-    if not want then
-      args.error(fname, ("unknown option '%s'"):format(tostring(name)), level + 1)
-    end
-    local ok
-    if want == "any" then ok = true
-    elseif want == "integer" then ok = args.is_integer(value)
-    else ok = type(value) == want end
-    if not ok then
-      args.error(fname, ("option '%s' must be %s, got %s"):format(name, ARTICLE[want] .. want, type(value)),
-        level + 1)
+  for name in pairs(opts) do
+    if not specs[name] then
+      return { option = name, message = ("unknown option '%s'"):format(tostring(name)) }
     end
   end
-end
-
-function args.check_range(fname, opts, name, lo, hi, level)
-  local v = opts[name]
-  if v ~= nil and (v < lo or v > hi) then
-    args.error(fname, ("option '%s' must be in %d..%d, got %s"):format(name, lo, hi, args.describe(v)),
-      level + 1)
+  local names = sorted_names[specs]
+  if not names then
+    names = {}
+    for name in pairs(specs) do names[#names + 1] = name end
+    table.sort(names)
+    sorted_names[specs] = names
+  end
+  for _, name in ipairs(names) do
+    local value, spec = opts[name], specs[name]
+    local message = not is_missing(value, spec) and value_problem(name, value, spec)
+    if message then return { option = name, message = message } end
+  end
+  for _, name in ipairs(names) do
+    if specs[name].required and is_missing(opts[name], specs[name]) then
+      return { option = name, message = ("option '%s' is required"):format(name) }
+    end
   end
 end
 
-function args.check_choice(fname, opts, name, choices, level)
-  local v = opts[name]
-  if v ~= nil and not choices[v] then
-    args.error(fname, ("option '%s' has no choice %s"):format(name, args.describe(v)), level + 1)
-  end
+--- args.raise(fname, argn, message, level): "bad argument #argn to 'fname' (message)"
+function args.raise(fname, argn, message, level)
+  error(("bad argument #%d to '%s' (%s)"):format(argn, fname, message), level + 1)
 end
 
-function args.check_required(fname, opts, name, level)
-  local v = opts[name]
-  if v == nil or v == "" then
-    args.error(fname, ("option '%s' is required"):format(name), level + 1)
+--- args.check(fname, argn, opts, specs, level) -- raises the first problem of opts
+function args.check(fname, argn, opts, specs, level)
+  local problem = args.problem(opts, specs)
+  if problem then args.raise(fname, argn, problem.message, level + 1) end
+end
+
+--- args.merge(...) --> one specs table with the entries of each
+function args.merge(...)
+  local merged = {}
+  for i = 1, select("#", ...) do
+    for name, spec in pairs((select(i, ...))) do merged[name] = spec end
   end
+  return merged
 end
 
 return args

@@ -6,18 +6,22 @@ local core = require "rrpc.core"
 local args = require "rrpc.args"
 local client = require "rrpc.client"
 local errors = require "rrpc.errors"
+local limits = require "rrpc.limits"
 local retry = require "rrpc.retry"
 
 local batch = {}
 
 local OPTIONS = {
-  concurrency = "integer", qps = "integer", burst = "integer", retry = "any",
-  deadline_ms = "integer", on_progress = "function", defaults = "table",
+  concurrency = { type = "integer", range = limits.CONCURRENCY },
+  qps = { type = "integer", range = limits.BATCH_QPS },
+  burst = { type = "integer", range = limits.BATCH_QPS },
+  retry = { type = "any", check = function(value) return select(2, retry.option(value)) end },
+  deadline_ms = { type = "integer", range = limits.DEADLINE },
+  on_progress = { type = "function" },
+  defaults = { type = "table" },
 }
-local DEFAULT_CONCURRENCY = 100
-local DEFAULT_QPS = 1000          -- the account's RRpc quota
-local PROGRESS_INTERVAL = 0.1     -- seconds between on_progress calls
-local MAX_WAIT_MS = 1000          -- the scheduler looks at the clock at least this often
+local PROGRESS_INTERVAL = limits.PROGRESS_INTERVAL
+local MAX_WAIT_MS = limits.MAX_WAIT_MS
 
 local Run = {}
 Run.__index = Run
@@ -34,38 +38,30 @@ local function source_of(fname, requests, level)
   elseif type(requests) == "function" then
     return requests, nil
   end
-  error(("bad argument #2 to '%s' (array of requests or iterator function expected, got %s)"):format(
-    fname, type(requests)), level + 1)
+  args.raise(fname, 2, "array of requests or iterator function expected, got " .. type(requests), level + 1)
 end
 
 local function start(c, requests, opts, fname, level)
   if not client.is_client(c) then
-    error(("bad argument #1 to '%s' (rrpc client expected, got %s)"):format(fname, type(c)), level + 1)
+    args.raise(fname, 1, "rrpc client expected, got " .. type(c), level + 1)
   end
   local p = client.open_state(c, fname, level + 1)
   local next_request, total = source_of(fname, requests, level + 1)
   opts = opts or {}
-  args.check_options(fname, opts, OPTIONS, level + 1)
-  args.check_range(fname, opts, "concurrency", 1, 100000, level + 1)
-  args.check_range(fname, opts, "qps", 1, 1000000, level + 1)
-  args.check_range(fname, opts, "burst", 1, opts.qps or DEFAULT_QPS, level + 1)
-  args.check_range(fname, opts, "deadline_ms", 1, 2^31, level + 1)
-  local policy = opts.retry
-  if policy == nil then
-    policy = retry.default
-  elseif policy == false then
-    policy = nil
-  elseif not retry.is_policy(policy) then
-    args.error(fname, "option 'retry' must be a policy (rrpc.retry.new{...}) or false", level + 1)
+  args.check(fname, 3, opts, OPTIONS, level + 1)
+  local qps = opts.qps or limits.BATCH_QPS.default
+  if opts.burst and opts.burst > qps then
+    args.raise(fname, 3, ("option 'burst' must be in 1..%d, got %d"):format(qps, opts.burst), level + 1)
   end
-  local qps = opts.qps or DEFAULT_QPS
-  local concurrency = opts.concurrency or DEFAULT_CONCURRENCY
+  local policy = retry.option(opts.retry, retry.default)
+  local concurrency = opts.concurrency or limits.CONCURRENCY.default
+  local transport, state = client.transport_of(p)
   local now = core.monotime()
   return setmetatable({
-    client = c, p = p, pool = client.pool(p, concurrency), fname = fname,
+    client = c, p = p, pool = transport.pool(state, concurrency), fname = fname,
     next_request = next_request, total = total, read = 0, exhausted = false,
     defaults = opts.defaults, policy = policy, concurrency = concurrency,
-    limiter = p.transport.limiter(qps, opts.burst or math.max(1, math.floor(qps / 10)), now, p.state),
+    limiter = transport.limiter(state, qps, opts.burst or math.max(1, math.floor(qps / 10)), now),
     deadline = opts.deadline_ms and now + opts.deadline_ms / 1000,
     on_progress = opts.on_progress, last_progress = now, started = now,
     in_flight = {}, in_flight_count = 0, waiting = {}, held = nil, next_token = 0,
@@ -94,12 +90,6 @@ function Run:record(index, res, err, attempts)
   self.outcomes[self.last_outcome] = { index, res, err }
 end
 
--- "file:12: bad argument #1 to 'batch' (option 'x' ...)" -> "request #7: option 'x' ..."
-local function request_problem(index, message)
-  message = tostring(message):gsub("^[^:]*:%d+: ", "")
-  return ("request #%d: %s"):format(index, message:match("^bad argument #1 to '[^']*' %((.*)%)$") or message)
-end
-
 -- Reads the next request; a malformed one becomes an "invalid" outcome right away.
 function Run:read_next()
   while true do
@@ -116,12 +106,13 @@ function Run:read_next()
       for k, v in pairs(request) do merged[k] = v end
       request = merged
     end
-    local ok, call = pcall(client.prepare_rrpc, self.client, self.fname, request, self.policy, 1)
-    if ok then
+    local call, problem = client.rrpc_call(self.client, request, self.policy)
+    if call then
       return { index = self.read, call = call, attempts = 0 }
     end
     self:record(self.read, nil, errors.new { kind = "invalid", code = "InvalidArgument",
-      message = request_problem(self.read, call), delivered = "no" }, 0)
+      message = ("request #%d: %s"):format(self.read, problem.message), option = problem.option,
+      delivered = "no" }, 0)
   end
 end
 
@@ -133,7 +124,7 @@ function Run:send(entry)
     return
   end
   self.next_token = self.next_token + 1
-  self.pool:add(self.next_token, "POST", url, headers, body, entry.call.http_timeout)
+  self.pool:add(self.next_token, url, headers, body, entry.call.http_timeout)
   self.in_flight[self.next_token] = entry
   self.in_flight_count = self.in_flight_count + 1
 end
@@ -174,7 +165,7 @@ function Run:complete(c, now)
   if c.status then
     res, err = client.interpret(self.p, entry.call, c.status, c.headers, c.body)
   else
-    err = errors.network(c.code, c.message, c.sent)
+    err = c.err
   end
   self:settle(entry, res, err, now)
 end

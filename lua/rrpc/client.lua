@@ -1,60 +1,16 @@
--- The client: options, secrets, and one call's life (prepare, sign, send, interpret).
--- rrpc.batch drives the same steps on a pool of connections.
+-- The client: its options, its credentials, and one call's life (prepare, sign, send
+-- through the transport, interpret). rrpc.batch drives the same steps on the transport's
+-- pool. The transport (lua/rrpc/transport/*.lua) is the only part that does I/O.
 local core = require "rrpc.core"
 local args = require "rrpc.args"
 local credentials = require "rrpc.credentials"
 local errors = require "rrpc.errors"
-local limiter = require "rrpc.limiter"
+local limits = require "rrpc.limits"
+local response = require "rrpc.response"
 local retry = require "rrpc.retry"
-
-local json_null = require("cjson").null
+local curl = require "rrpc.transport.curl"
 
 local client = {}
-
--- How calls travel. This one is libcurl: a session (one easy handle) for single calls,
--- a pool (the multi interface) for batches. rrpc.ngx brings one made of nginx subrequests.
-local curl = {}
-
--- nil and the name of an option libcurl refuses (a string longer than it takes).
-function curl.open(settings)
-  settings.response_budget = core.budget(settings.max_response_memory)
-  local session, refused = core.session(settings)
-  if not session then return nil, refused end
-  return { settings = settings, session = session }
-end
-
-function curl.send(state, url, headers, body, timeout_ms)
-  return state.session:perform("POST", url, headers, body, timeout_ms)
-end
-
-curl.sleep = core.sleep
-
-function curl.pool(state, concurrency)
-  if state.pool and (state.pool_size < concurrency or state.pool:count() > 0) then
-    state.pool:close() -- too small, or holding calls of an abandoned stream
-    state.pool = nil
-  end
-  if not state.pool then
-    local options = { max_connections = concurrency }
-    for k, v in pairs(state.settings) do options[k] = v end
-    state.pool, state.pool_size = core.pool(options), concurrency
-  end
-  return state.pool
-end
-
-curl.limiter = limiter.new
-
-function curl.close(state)
-  state.session:close()
-  if state.pool then state.pool:close() end
-end
-
-client.curl = curl
-
-local API_VERSION = "2018-01-20"
-local MAX_PAYLOAD = 256 * 1024 -- the platform's MQTT message limit
-local MIN_TIMEOUT, MAX_TIMEOUT, DEFAULT_TIMEOUT = 1000, 8000, 5000
-local DEFAULT_REQUEST_TIMEOUT = 10000 -- HTTP timeout of client:request, as the Go and Java SDKs
 
 -- Parameters the client sets itself; a caller's copy would break the signature.
 local RESERVED_PARAMS = {
@@ -63,85 +19,124 @@ local RESERVED_PARAMS = {
   SecurityToken = true, RegionId = true,
 }
 
-local NEW_OPTIONS = {
-  access_key_id = "string", access_key_secret = "string", security_token = "string",
-  region = "string", endpoint = "string", iot_instance_id = "string", signature = "string",
-  placement = "string", connect_timeout = "integer", timeout_margin = "integer",
-  idle_timeout = "integer", max_response_bytes = "integer", max_response_memory = "integer",
-  ca_file = "string",
-  ca_path = "string", user_agent = "string", credentials = "table", profile = "string",
-  metadata_endpoint = "string", proxy = "string", no_proxy = "string",
-  insecure_skip_tls_verify = "boolean",
+local PROXY_SCHEMES = { http = true, https = true, socks4 = true, socks4a = true, socks5 = true,
+                        socks5h = true }
+
+local function no_control(name)
+  return function(value)
+    if value:find("%c") then return ("option '%s' must not contain control characters"):format(name) end
+  end
+end
+
+-- Settings that would make every call fail are refused at rrpc.new, not at each call.
+local function readable_ca_file(path)
+  local f, why = io.open(path, "rb")
+  local first
+  if f then
+    first, why = f:read(1)
+    f:close()
+  end
+  if not first then
+    return ("option 'ca_file': cannot read certificates from %s (%s)"):format(
+      args.describe(path), why and why:gsub("^.*: ", "") or "empty file")
+  end
+end
+
+local function readable_ca_path(path)
+  local f, errno = io.open(path, "rb"), nil
+  if f then
+    errno = select(3, f:read(0))
+    f:close()
+  end
+  if errno ~= 21 then -- EISDIR: a directory we may open
+    return ("option 'ca_path': %s is not a readable directory"):format(args.describe(path))
+  end
+end
+
+local function proxy_url(proxy)
+  if proxy == "" then return end -- libcurl's "no proxy, whatever the environment says"
+  local scheme, host = core.parse_url(proxy)
+  local why = not scheme and host
+  if scheme and not PROXY_SCHEMES[scheme:lower()] then
+    why = ("scheme '%s' is not a proxy's (http, https, socks4, socks4a, socks5, socks5h)"):format(scheme)
+  end
+  if why then return "option 'proxy' is not a proxy URL: " .. why end
+end
+
+local function region_name(region)
+  if not region:match("^[a-z]+%-[a-z]+%-?%d*$") then
+    return ("option 'region' must look like \"cn-shanghai\", got %s"):format(args.describe(region))
+  end
+end
+
+local function endpoint_url(endpoint)
+  if not endpoint:match("^https?://[^/?#%s]+/?$") then
+    return ("option 'endpoint' must look like \"https://host[:port]\", got %s"):format(args.describe(endpoint))
+  end
+end
+
+local function is_provider(value)
+  if not credentials.is_provider(value) then
+    return "option 'credentials' must be a provider from rrpc.credentials"
+  end
+end
+
+local function retry_option(value)
+  local _, why = retry.option(value)
+  return why
+end
+
+client.NEW_OPTIONS = {
+  access_key_id = { type = "string", check = no_control("access_key_id") },
+  access_key_secret = { type = "string" },
+  security_token = { type = "string", check = no_control("security_token") },
+  credentials = { type = "table", check = is_provider },
+  profile = { type = "string" }, metadata_endpoint = { type = "string" },
+  region = { type = "string", check = region_name },
+  endpoint = { type = "string", check = endpoint_url },
+  iot_instance_id = { type = "string" },
+  signature = { type = "string", choices = { "v1", "v3" } },
+  placement = { type = "string", choices = { "body", "query" } },
+  connect_timeout = { type = "integer", range = limits.CONNECT_TIMEOUT },
+  timeout_margin = { type = "integer", range = limits.TIMEOUT_MARGIN },
+  idle_timeout = { type = "integer", range = limits.IDLE_TIMEOUT },
+  max_response_bytes = { type = "integer", range = limits.MAX_RESPONSE_BYTES },
+  max_response_memory = { type = "integer", range = limits.MAX_RESPONSE_MEMORY },
+  ca_file = { type = "string", check = readable_ca_file },
+  ca_path = { type = "string", check = readable_ca_path },
+  proxy = { type = "string", check = proxy_url },
+  no_proxy = { type = "string" },
+  -- a CR or LF would start a header of its own
+  user_agent = { type = "string", check = no_control("user_agent") },
+  insecure_skip_tls_verify = { type = "boolean" },
 }
+
+local function payload_size(payload)
+  if #payload > limits.MAX_PAYLOAD then
+    return ("option 'payload' is %d bytes, more than the platform's %d"):format(#payload, limits.MAX_PAYLOAD)
+  end
+end
 
 client.RRPC_OPTIONS = {
-  product_key = "string", device_name = "string", payload = "string", timeout = "integer",
-  topic = "string", iot_instance_id = "string", retry = "any",
+  product_key = { type = "string", required = true },
+  device_name = { type = "string", required = true },
+  payload = { type = "string", required = true, empty = true, check = payload_size },
+  timeout = { type = "integer", range = limits.RRPC_TIMEOUT },
+  topic = { type = "string" }, iot_instance_id = { type = "string" },
+  retry = { type = "any", check = retry_option },
 }
 
-local REQUEST_OPTIONS = { timeout = "integer", retry = "any" }
+local REQUEST_OPTIONS = {
+  timeout = { type = "integer", range = limits.REQUEST_TIMEOUT },
+  retry = { type = "any", check = retry_option },
+}
 
 local Client = {}
 Client.__index = Client
 
--- Secrets and the libcurl handles stay out of the client table, so neither pairs()
+-- Secrets and the transport's state stay out of the client table, so neither pairs()
 -- nor tostring() nor a debugging dump can show them.
 local private = setmetatable({}, { __mode = "k" })
-
-local function parse_endpoint(fname, endpoint, level)
-  local scheme, host = endpoint:match("^(https?)://([^/?#%s]+)/?$")
-  if not scheme then
-    args.error(fname, ("option 'endpoint' must look like \"https://host[:port]\", got %s"):format(
-      args.describe(endpoint)), level + 1)
-  end
-  return (endpoint:gsub("/$", "")), host
-end
-
-local PROXY_SCHEMES = { http = true, https = true, socks4 = true, socks4a = true, socks5 = true,
-                        socks5h = true }
-
--- Settings that would make every call fail are refused here, not at each call.
-local function check_connection_options(opts, level)
-  if opts.ca_file then
-    local f, why = io.open(opts.ca_file, "rb")
-    local first
-    if f then
-      first, why = f:read(1)
-      f:close()
-    end
-    if not first then
-      args.error("new", ("option 'ca_file': cannot read certificates from %s (%s)"):format(
-        args.describe(opts.ca_file), why and why:gsub("^.*: ", "") or "empty file"), level + 1)
-    end
-  end
-  if opts.ca_path then
-    local f, errno = io.open(opts.ca_path, "rb"), nil
-    if f then
-      errno = select(3, f:read(0))
-      f:close()
-    end
-    if errno ~= 21 then -- EISDIR: it is a directory we may open
-      args.error("new", ("option 'ca_path': %s is not a readable directory"):format(
-        args.describe(opts.ca_path)), level + 1)
-    end
-  end
-  if opts.proxy and opts.proxy ~= "" then -- "": no proxy, whatever the environment says
-    local scheme, host = core.parse_url(opts.proxy)
-    local why = not scheme and host
-    if scheme and not PROXY_SCHEMES[scheme:lower()] then
-      why = ("scheme '%s' is not a proxy's (http, https, socks4, socks4a, socks5, socks5h)"):format(scheme)
-    end
-    if why then
-      args.error("new", ("option 'proxy' is not a proxy URL: %s"):format(why), level + 1)
-    end
-  end
-  if opts.access_key_id and opts.access_key_id:find("%c") then -- it travels in a header
-    args.error("new", "option 'access_key_id' must not contain control characters", level + 1)
-  end
-  if opts.security_token and opts.security_token:find("%c") then
-    args.error("new", "option 'security_token' must not contain control characters", level + 1)
-  end
-end
 
 local function default_user_agent()
   local os_name, machine = core.platform()
@@ -149,23 +144,17 @@ local function default_user_agent()
   return ("AlibabaCloud (%s; %s) %s rrpc/%s"):format(os_name, machine, lua, core._VERSION)
 end
 
--- Explicit keys, a provider of the caller's, or the official chain (which raises, listing
--- where it looked, when it finds nothing).
-local function resolve_credentials(opts, level)
+-- Explicit keys, or a provider of the caller's; nil for the official chain.
+local function given_credentials(opts, level)
   if opts.access_key_id or opts.access_key_secret then
-    args.check_required("new", opts, "access_key_id", level + 1)
-    args.check_required("new", opts, "access_key_secret", level + 1)
+    for _, name in ipairs { "access_key_id", "access_key_secret" } do
+      if opts[name] == nil or opts[name] == "" then
+        args.raise("new", 1, ("option '%s' is required"):format(name), level + 1)
+      end
+    end
     return credentials.static(opts)
   end
-  if opts.credentials ~= nil then
-    if not credentials.is_provider(opts.credentials) then
-      args.error("new", "option 'credentials' must be a provider from rrpc.credentials", level + 1)
-    end
-    return opts.credentials
-  end
-  local provider, err = credentials.chain { profile = opts.profile, metadata_endpoint = opts.metadata_endpoint }
-  if not provider then error("rrpc.new: " .. err, level + 1) end
-  return provider
+  return opts.credentials
 end
 
 --- client.new{ access_key_id=, access_key_secret=, ... } --> client (libcurl)
@@ -173,63 +162,61 @@ function client.new(opts)
   return client.new_with(opts, curl, {}, 3)
 end
 
---- client.new_with(opts, transport, transport_settings, level) --> client
+--- client.new_with(opts, transport, settings, level) --> client
+-- settings: the transport's own (rrpc.ngx's location, quota, ...); the connection
+-- settings join them here.
 function client.new_with(opts, transport, settings, level)
-  args.check_options("new", opts, NEW_OPTIONS, level)
-  args.check_choice("new", opts, "signature", { v1 = true, v3 = true }, level)
-  args.check_choice("new", opts, "placement", { body = true, query = true }, level)
-  args.check_range("new", opts, "connect_timeout", 1, 600000, level)
-  args.check_range("new", opts, "timeout_margin", 0, 600000, level)
-  args.check_range("new", opts, "idle_timeout", 1, 3600, level)
-  args.check_range("new", opts, "max_response_bytes", 1024, 2^30, level)
-  args.check_range("new", opts, "max_response_memory", 1024, 2^40, level)
-  check_connection_options(opts, level)
-
-  local region = opts.region or "cn-shanghai"
-  if not region:match("^[a-z]+%-[a-z]+%-?%d*$") then
-    args.error("new", ("option 'region' must look like \"cn-shanghai\", got %s"):format(
-      args.describe(region)), level)
-  end
-  local endpoint, host = parse_endpoint("new",
-    opts.endpoint or ("https://iot." .. region .. ".aliyuncs.com"), level)
+  args.check("new", 1, opts, client.NEW_OPTIONS, level)
+  local region = opts.region or limits.DEFAULT_REGION
+  local endpoint = (opts.endpoint or ("https://iot." .. region .. ".aliyuncs.com")):gsub("/$", "")
   local user_agent = default_user_agent()
-  if opts.user_agent then
-    if opts.user_agent:find("%c") then -- a CR or LF would start a header of its own
-      args.error("new", "option 'user_agent' must not contain control characters", level)
-    end
-    user_agent = user_agent .. " " .. opts.user_agent
-  end
-
-  local provider = resolve_credentials(opts, level + 1)
-  local connect_timeout = opts.connect_timeout or 5000
+  if opts.user_agent then user_agent = user_agent .. " " .. opts.user_agent end
+  local connect_timeout = opts.connect_timeout or limits.CONNECT_TIMEOUT.default
   settings.connect_timeout = connect_timeout
-  settings.idle_timeout = opts.idle_timeout
-  settings.max_response_bytes = opts.max_response_bytes
-  settings.max_response_memory = opts.max_response_memory
+  settings.idle_timeout = opts.idle_timeout or limits.IDLE_TIMEOUT.default
+  settings.max_response_bytes = opts.max_response_bytes or limits.MAX_RESPONSE_BYTES.default
+  settings.max_response_memory = opts.max_response_memory or limits.MAX_RESPONSE_MEMORY.default
+  settings.receive_buffer_bytes = limits.RECEIVE_BUFFER_BYTES
   settings.ca_file = opts.ca_file
   settings.ca_path = opts.ca_path
   settings.user_agent = user_agent
   settings.proxy = opts.proxy
   settings.no_proxy = opts.no_proxy
   settings.verify = not opts.insecure_skip_tls_verify
+
+  local provider = given_credentials(opts, level)
+  local state, refused = transport.open(settings)
+  if not state then
+    args.raise("new", 1, ("option '%s' was refused by the HTTP library (too long?)"):format(refused), level)
+  end
+  -- the metadata service is reached through the client's transport
+  local function fetch(method, url, headers, body, timeout_ms)
+    return transport.fetch(state, method, url, headers, body, timeout_ms)
+  end
+  if not provider then -- the official chain, which lists where it looked when it finds nothing
+    local err
+    provider, err = credentials.chain { profile = opts.profile, metadata_endpoint = opts.metadata_endpoint,
+                                        fetch = fetch }
+    if not provider then
+      transport.close(state)
+      error("rrpc.new: " .. err, 0)
+    end
+  end
   local self = setmetatable({
     endpoint = endpoint,
-    host = host,
+    host = endpoint:match("^https?://(.*)$"),
     region = region,
     credentials_source = provider.source,
     iot_instance_id = opts.iot_instance_id,
     signature = opts.signature or "v3",
     placement = opts.placement or "body",
     connect_timeout = connect_timeout,
-    timeout_margin = opts.timeout_margin or 2000,
+    timeout_margin = opts.timeout_margin or limits.TIMEOUT_MARGIN.default,
     user_agent = user_agent,
   }, Client)
-  local state, refused = transport.open(settings)
-  if not state then
-    args.error("new", ("option '%s' was refused by the HTTP library (too long?)"):format(refused), level)
-  end
   private[self] = {
     credentials = provider,
+    fetch = fetch,
     transport = transport,
     state = state,
     open = true,
@@ -253,91 +240,13 @@ function client.open_state(self, fname, level)
   return p
 end
 
-local function check_retry(fname, value, default, level)
-  if value == nil then return default end
-  if value == false then return nil end
-  if retry.is_policy(value) then return value end
-  if type(value) == "table" then return retry.new(value) end
-  args.error(fname, "option 'retry' must be a policy (rrpc.retry.new{...}), a table of its options or false, got "
-    .. type(value), level + 1)
-end
-
--- What the fields of the platform's answers must be. A field of another type means the
--- answer is not the platform's, whatever else it says; JSON null counts as absent.
-local FIELD_KINDS = {
-  string = { named = "a string", check = function(v) return type(v) == "string" end },
-  boolean = { named = "a boolean", check = function(v) return type(v) == "boolean" end },
-  -- decode_response has turned an integer into its exact digits, so a number left here is
-  -- a fraction or an exponent, which no MessageId is; the platform's field is a Long
-  digits = { named = "a 64-bit integer", check = function(v)
-    return type(v) == "string" and v:find("^%d+$") ~= nil
-      and (#v < 19 or (#v == 19 and v <= "9223372036854775807"))
-  end },
-}
-local function described(value)
-  if type(value) == "string" and value:find("^%d+$") then return #value .. " digits" end
-  return type(value)
-end
-local COMMON_FIELDS = {
-  { "RequestId", "string" }, { "Success", "boolean" }, { "Code", "string" },
-  { "Message", "string" }, { "ErrorMessage", "string" }, { "MessageId", "digits" },
-}
-local RRPC_FIELDS = { { "RrpcCode", "string" }, { "PayloadBase64Byte", "string" } }
-
--- Says what is wrong with the first field of `fields` that doc has of the wrong kind, or nil.
-local function field_problem(doc, fields)
-  for _, field in ipairs(fields) do
-    local name, kind = field[1], FIELD_KINDS[field[2]]
-    local value = doc[name]
-    if value == json_null then
-      doc[name] = nil
-    elseif value ~= nil and not kind.check(value) then
-      return ("field '%s' must be %s, got %s"):format(name, kind.named, described(value))
-    end
-  end
-end
-
--- The RRpc answer: the device's reply, or its state as an error.
-local function rrpc_outcome(doc)
-  local problem = field_problem(doc, RRPC_FIELDS)
-  if problem then
-    return nil, errors.invalid_response(200, problem, doc.RequestId, doc.MessageId)
-  end
-  local code = doc.RrpcCode
-  if code == "SUCCESS" then
-    local payload, why = core.b64decode(doc.PayloadBase64Byte or "")
-    if not payload then
-      return nil, errors.invalid_response(200, "reply payload is not Base64 (" .. why .. ")",
-        doc.RequestId, doc.MessageId)
-    end
-    return { payload = payload, message_id = doc.MessageId, request_id = doc.RequestId,
-             rrpc_code = code }
-  end
-  if code then
-    return nil, errors.device(code, code, { status = 200, request_id = doc.RequestId,
-                                            message_id = doc.MessageId })
-  end
-  return nil, errors.invalid_response(200, "response has no RrpcCode", doc.RequestId)
-end
-
--- client:request answers with the decoded document itself, its fields checked.
-local function request_outcome(doc)
-  return doc
-end
-
---- client.prepare_rrpc(self, fname, request, default_retry, level) --> call
--- Checks a request (the arguments of client:rrpc) and returns what every attempt needs.
-function client.prepare_rrpc(self, fname, request, default_retry, level)
-  args.check_options(fname, request, client.RRPC_OPTIONS, level + 1)
-  args.check_required(fname, request, "product_key", level + 1)
-  args.check_required(fname, request, "device_name", level + 1)
-  if request.payload == nil then args.error(fname, "option 'payload' is required", level + 1) end
-  if #request.payload > MAX_PAYLOAD then
-    args.error(fname, ("option 'payload' is %d bytes, more than the platform's %d"):format(
-      #request.payload, MAX_PAYLOAD), level + 1)
-  end
-  args.check_range(fname, request, "timeout", MIN_TIMEOUT, MAX_TIMEOUT, level + 1)
-  local timeout = request.timeout or DEFAULT_TIMEOUT
+--- client.rrpc_call(self, request, default_retry) --> call | nil, problem
+-- Checks a request (the argument of client:rrpc, or a batch's request) without raising,
+-- and returns what every attempt needs; problem: { option =, message = }.
+function client.rrpc_call(self, request, default_retry)
+  local problem = args.problem(request, client.RRPC_OPTIONS)
+  if problem then return nil, problem end
+  local timeout = request.timeout or limits.RRPC_TIMEOUT.default
   return {
     action = "RRpc",
     params = {
@@ -350,15 +259,22 @@ function client.prepare_rrpc(self, fname, request, default_retry, level)
     },
     -- outlasts the device's Timeout, so a silent device arrives as TIMEOUT
     http_timeout = self.connect_timeout + timeout + self.timeout_margin,
-    retry = check_retry(fname, request.retry, default_retry, level + 1),
-    outcome = rrpc_outcome,
+    retry = retry.option(request.retry, default_retry),
+    outcome = response.rrpc,
   }
+end
+
+--- client.prepare_rrpc(self, fname, request, default_retry, level) --> call, or raises
+function client.prepare_rrpc(self, fname, request, default_retry, level)
+  local call, problem = client.rrpc_call(self, request, default_retry)
+  if not call then args.raise(fname, 1, problem.message, level + 1) end
+  return call
 end
 
 --- client.sign(self, p, call) --> url, headers, body | nil, err
 -- A fresh nonce and timestamp each time, with the provider's current credentials.
 function client.sign(self, p, call)
-  local c, why = p.credentials:get()
+  local c, why = p.credentials:get(p.fetch)
   local function has_control(v) return type(v) == "string" and v:find("%c") ~= nil end
   if c and (has_control(c.access_key_id) or has_control(c.security_token)) then
     -- both travel in headers (V3): a CR or LF would start a header of its own
@@ -377,63 +293,26 @@ function client.sign(self, p, call)
   end
   p.access_key_id = c.access_key_id
   return core.build_request {
-    endpoint = self.endpoint, host = self.host, action = call.action, version = API_VERSION,
+    endpoint = self.endpoint, host = self.host, action = call.action, version = limits.API_VERSION,
     params = call.params, access_key_id = c.access_key_id, access_key_secret = c.access_key_secret,
     security_token = c.security_token, region_id = self.region, signature = self.signature,
     placement = self.placement,
   }
 end
 
-local function retry_after_ms(headers)
-  local v = tonumber(headers["x-acs-retry-after"] or "")
-  return v and math.floor(v) or nil
-end
-
-local function interpret(p, call, status, headers, body)
-  local doc, why = core.decode_response(body)
-  local request_id = doc and type(doc.RequestId) == "string" and doc.RequestId
-                     or headers["x-acs-request-id"]
-  if not doc then
-    return nil, errors.http(status, ("HTTP %d with a body that is not the platform's JSON: %s"):format(
-      status, why), request_id)
-  end
-  local problem = field_problem(doc, COMMON_FIELDS)
-  if problem then
-    return nil, errors.invalid_response(status, problem, request_id)
-  end
-  if type(doc.Code) == "string" and (doc.Success ~= true or status >= 400) then
-    local message = doc.Message or doc.ErrorMessage
-    return nil, errors.api(doc.Code, {
-      status = status,
-      message = type(message) == "string" and message or nil,
-      request_id = request_id,
-      retry_after = retry_after_ms(headers),
-    })
-  end
-  if status ~= 200 or doc.Success == false then
-    return nil, errors.http(status, ("HTTP %d without an error code"):format(status), request_id)
-  end
-  return call.outcome(doc)
-end
-
 --- client.interpret(p, call, status, headers, body) --> result | nil, err
--- No error holds the secret or the security token the request was signed with, in
--- any field: the platform echoes them (a V1 SignatureDoesNotMatch shows its string to
--- sign, which holds the token).
 function client.interpret(p, call, status, headers, body)
-  return errors.scrubbing(p.secrets, interpret, p, call, status, headers, body)
+  return response.interpret(call.outcome, status, headers, body, p.secrets)
 end
 
 -- One attempt on the client's own connection.
 local function attempt(self, p, call)
-  if p.transport.admit then p.transport.admit(p.state) end
+  local refused = p.transport.admit(p.state, call)
+  if refused then return nil, refused end
   local url, headers, body = client.sign(self, p, call)
   if not url then return nil, headers end
-  local status, resp_headers, resp_body, sent = p.transport.send(p.state, url, headers, body,
-                                                                 call.http_timeout)
-  if not status then -- nil, curl code name, message, whether the request may have left
-    return nil, errors.network(resp_headers, resp_body, sent)
-  end
+  local status, resp_headers, resp_body = p.transport.send(p.state, url, headers, body, call.http_timeout)
+  if not status then return nil, resp_headers end
   return client.interpret(p, call, status, resp_headers, resp_body)
 end
 
@@ -448,7 +327,7 @@ local function perform(self, p, call)
       (res or err).attempts = attempts
       return res, err
     end
-    p.transport.sleep(delay)
+    p.transport.sleep(p.state, delay)
   end
 end
 
@@ -464,38 +343,37 @@ end
 function Client:request(action, params, opts)
   local p = client.open_state(self, "request", 2)
   if type(action) ~= "string" or not action:match("^%a[%w]*$") then
-    error(("bad argument #1 to 'request' (action name expected, got %s)"):format(args.describe(action)), 2)
+    args.raise("request", 1, ("action name expected, got %s"):format(args.describe(action)), 2)
   end
   params = params or {}
   if type(params) ~= "table" then
-    error("bad argument #2 to 'request' (table expected, got " .. type(params) .. ")", 2)
+    args.raise("request", 2, "table expected, got " .. type(params), 2)
   end
   local copy = {}
   for name, value in pairs(params) do
     local t = type(value)
     if type(name) ~= "string" or RESERVED_PARAMS[name] or
        (t ~= "string" and t ~= "number" and t ~= "boolean") then
-      error(("bad argument #2 to 'request' (parameter %s: %s)"):format(args.describe(name),
+      args.raise("request", 2, ("parameter %s: %s"):format(args.describe(name),
         RESERVED_PARAMS[name] and "set by the client" or "string, number or boolean value expected"), 2)
     end
     copy[name] = value
   end
   copy.IotInstanceId = copy.IotInstanceId or self.iot_instance_id
   opts = opts or {}
-  args.check_options("request", opts, REQUEST_OPTIONS, 2)
-  args.check_range("request", opts, "timeout", 1, 600000, 2)
+  args.check("request", 3, opts, REQUEST_OPTIONS, 2)
   return perform(self, p, {
     action = action,
     params = copy,
-    http_timeout = self.connect_timeout + (opts.timeout or DEFAULT_REQUEST_TIMEOUT),
-    retry = check_retry("request", opts.retry, nil, 2),
-    outcome = request_outcome,
+    http_timeout = self.connect_timeout + (opts.timeout or limits.REQUEST_TIMEOUT.default),
+    retry = retry.option(opts.retry),
+    outcome = response.document,
   })
 end
 
---- client.pool(p, concurrency) --> the transport's pool for batches, with room for concurrency
-function client.pool(p, concurrency)
-  return p.transport.pool(p.state, concurrency)
+--- client.transport_of(p) --> transport, state: what rrpc.batch drives
+function client.transport_of(p)
+  return p.transport, p.state
 end
 
 --- client:close() -- frees the connections; idempotent. Also on GC and <close>.

@@ -4,14 +4,18 @@
 -- service. A provider's get() returns the current credentials and refreshes expiring ones
 -- before they expire, so a long-lived client (or a batch) goes on across the refresh.
 -- No error message or tostring() ever contains a secret.
-local core = require "rrpc.core"
+--
+-- HTTP (the metadata service) goes through the `fetch` a client passes to get(), its
+-- transport's: inside nginx, nginx's own non-blocking machinery. A provider asked
+-- without one (outside any client) fetches with libcurl.
 local cjson = require "cjson.safe"
+local limits = require "rrpc.limits"
 
 local credentials = {}
 
-local DEFAULT_METADATA = "http://100.100.100.200"
-local METADATA_CONNECT_MS, METADATA_TIMEOUT_MS = 1000, 2000
-local METADATA_TOKEN_TTL_S = 21600
+local DEFAULT_METADATA = limits.METADATA_ENDPOINT
+local METADATA_CONNECT_MS, METADATA_TIMEOUT_MS = limits.METADATA_CONNECT_MS, limits.METADATA_TIMEOUT_MS
+local METADATA_TOKEN_TTL_S = limits.METADATA_TOKEN_TTL_S
 -- Refresh when less than this is left: a fifth of the lifetime, at most 3 minutes.
 local REFRESH_FRACTION, REFRESH_AT_MOST_S = 0.2, 180
 -- The clock (os.time) counts whole seconds, the issuer's expiry is exact: one second more,
@@ -26,8 +30,10 @@ function Provider:__tostring()
 end
 
 --- credentials.provider(source, fetch, clock) --> provider
--- Your own source: fetch() returns { access_key_id, access_key_secret, security_token,
+-- Your own source: fetch(http) returns { access_key_id, access_key_secret, security_token,
 -- expiration = epoch seconds or nil } or nil, err; clock (default os.time) tells the time.
+-- http(method, url, headers, body, timeout_ms) --> status, headers, body | nil, err is
+-- the client's transport, for a source that asks a service.
 function credentials.provider(source, fetch, clock)
   return setmetatable({ source = source, fetch = fetch, clock = clock or os.time }, Provider)
 end
@@ -49,13 +55,30 @@ local function parse_utc(text)
 end
 credentials.parse_utc = parse_utc
 
---- provider:get() --> { access_key_id, access_key_secret, security_token, expiration } | nil, err
--- Cached until close to `expiration`; a failed refresh keeps credentials that are still valid.
-function Provider:get()
+-- Outside any client: a libcurl session of its own, made on first use.
+local standalone_http
+local function libcurl_http(...)
+  if not standalone_http then
+    local curl = require "rrpc.transport.curl"
+    local state = assert(curl.open {
+      connect_timeout = METADATA_CONNECT_MS, idle_timeout = limits.IDLE_TIMEOUT.default,
+      max_response_bytes = limits.MAX_RESPONSE_BYTES.default,
+      max_response_memory = limits.MAX_RESPONSE_MEMORY.default,
+      receive_buffer_bytes = limits.RECEIVE_BUFFER_BYTES, verify = true,
+    })
+    standalone_http = function(...) return curl.fetch(state, ...) end
+  end
+  return standalone_http(...)
+end
+
+--- provider:get([http]) --> { access_key_id, access_key_secret, security_token, expiration } | nil, err
+-- Cached until close to `expiration`; a failed refresh keeps credentials that are still
+-- valid. http: the client's transport (see credentials.provider), libcurl without one.
+function Provider:get(http)
   local now = self.clock()
   local c = self.cached
   if c and (not c.expiration or now < c.refresh_at) then return c end
-  local fresh, err = self.fetch()
+  local fresh, err = self.fetch(http or libcurl_http)
   if not fresh then
     if c and now < c.expiration then return c end
     return nil, err
@@ -106,10 +129,10 @@ local function read_file(path)
 end
 
 -- The instance metadata service (IMDSv2 style: a session token first).
-local function metadata_get(session, base, path, token)
-  local status, code, body = session:perform("GET", base .. path,
-    { ["X-aliyun-ecs-metadata-token"] = token }, "", METADATA_TIMEOUT_MS)
-  if not status then return nil, ("%s: %s (%s)"):format(path, body, code) end
+local function metadata_get(http, base, path, token)
+  local status, err, body = http("GET", base .. path, { ["X-aliyun-ecs-metadata-token"] = token }, "",
+                                 METADATA_TIMEOUT_MS)
+  if not status then return nil, ("%s: %s (%s)"):format(path, err.message, err.code) end
   if status ~= 200 then return nil, ("%s answered HTTP %d"):format(path, status) end
   return body
 end
@@ -118,26 +141,25 @@ end
 function credentials.ecs_ram_role(opts)
   opts = opts or {}
   local base = (opts.metadata_endpoint or DEFAULT_METADATA):gsub("/$", "")
-  local session = core.session { connect_timeout = METADATA_CONNECT_MS }
   local role = opts.role_name
   local token, token_expires = nil, 0
   local source = ("ECS RAM role %s via %s"):format(role or "(from the instance)", base)
-  return new_provider(source, function()
+  return new_provider(source, function(http)
     local function fail(why) return nil, ("ECS metadata at %s: %s"):format(base, why) end
     if os.time() >= token_expires then
-      local status, code, body = session:perform("PUT", base .. "/latest/api/token",
+      local status, err, body = http("PUT", base .. "/latest/api/token",
         { ["X-aliyun-ecs-metadata-token-ttl-seconds"] = tostring(METADATA_TOKEN_TTL_S) }, "", METADATA_TIMEOUT_MS)
-      if not status then return fail(("token: %s (%s)"):format(body, code)) end
+      if not status then return fail(("token: %s (%s)"):format(err.message, err.code)) end
       if status ~= 200 then return fail(("token: HTTP %d"):format(status)) end
       token, token_expires = body, os.time() + METADATA_TOKEN_TTL_S - 60
     end
     if not role then
-      local list, err = metadata_get(session, base, "/latest/meta-data/ram/security-credentials/", token)
+      local list, err = metadata_get(http, base, "/latest/meta-data/ram/security-credentials/", token)
       if not list then return fail(err) end
       role = list:match("^%s*([^%s]+)")
       if not role then return fail("the instance has no RAM role") end
     end
-    local body, err = metadata_get(session, base, "/latest/meta-data/ram/security-credentials/" .. role, token)
+    local body, err = metadata_get(http, base, "/latest/meta-data/ram/security-credentials/" .. role, token)
     if not body then return fail(err) end
     local doc = cjson.decode(body)
     if type(doc) ~= "table" or doc.Code ~= "Success" or type(doc.AccessKeyId) ~= "string"
@@ -256,8 +278,9 @@ function credentials.ini_file(opts)
   }, opts)
 end
 
---- credentials.chain{ profile=, metadata_endpoint=, getenv=, home= } --> provider | nil, err
--- The first source that has credentials wins; the error lists where it looked.
+--- credentials.chain{ profile=, metadata_endpoint=, getenv=, home=, fetch= } --> provider | nil, err
+-- The first source that has credentials wins; the error lists where it looked. fetch:
+-- the client's transport, to ask the metadata service whether the instance has a role.
 function credentials.chain(opts)
   opts = opts or {}
   local getenv = opts.getenv or os.getenv
@@ -284,7 +307,7 @@ function credentials.chain(opts)
   if getenv("ALIBABA_CLOUD_ECS_METADATA_DISABLED") ~= "true" then
     provider = credentials.ecs_ram_role { role_name = getenv("ALIBABA_CLOUD_ECS_METADATA"),
                                           metadata_endpoint = opts.metadata_endpoint }
-    local c, why = provider:get()
+    local c, why = provider:get(opts.fetch)
     if c then return provider end
     looked[#looked + 1] = why
   else

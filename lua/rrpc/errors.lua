@@ -212,6 +212,21 @@ function errors.network(code, message, sent)
   }
 end
 
+-- Refused before sending because no slot of the quota came within the call's budget:
+-- throttling like the platform's (retry policies wait retry_after ms), nothing sent.
+function errors.quota_refused(message, retry_after)
+  return errors.new {
+    kind = "api", code = "Throttling.Quota", status = 429, message = message,
+    delivered = "no", retryable = true, retry_after = retry_after,
+  }
+end
+
+-- Not sent because the client the call was made for has gone: nobody waits for it.
+function errors.client_gone(message)
+  return errors.new { kind = "network", code = "ClientClosedRequest", message = message,
+                      delivered = "no", retryable = false }
+end
+
 -- An answer that is not the platform's: judged by its status alone.
 local function http_error(code, status, message, request_id, message_id)
   local rejected = status >= 400 and status < 500 -- turned away before any processing

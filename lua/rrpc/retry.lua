@@ -7,6 +7,7 @@
 -- fresh nonce and timestamp. Delays: exponential with full jitter (100 ms, throttling
 -- 500 ms, doubling per attempt, capped at 20 s), never shorter than x-acs-retry-after.
 local args = require "rrpc.args"
+local limits = require "rrpc.limits"
 
 local retry = {}
 
@@ -14,29 +15,48 @@ local Policy = {}
 Policy.__index = Policy
 
 local OPTIONS = {
-  max_attempts = "integer", base_delay = "integer", throttle_delay = "integer",
-  max_delay = "integer", retry_offline = "boolean", retry_halfconn = "boolean",
-  retry_maybe_delivered = "boolean",
+  max_attempts = { type = "integer", range = limits.MAX_ATTEMPTS },
+  base_delay = { type = "integer", range = limits.BASE_DELAY },
+  throttle_delay = { type = "integer", range = limits.THROTTLE_DELAY },
+  max_delay = { type = "integer", range = limits.MAX_DELAY },
+  retry_offline = { type = "boolean" }, retry_halfconn = { type = "boolean" },
+  retry_maybe_delivered = { type = "boolean" },
 }
+
+local function policy_of(opts)
+  return setmetatable({
+    max_attempts = opts.max_attempts or limits.MAX_ATTEMPTS.default,
+    base_delay = opts.base_delay or limits.BASE_DELAY.default,
+    throttle_delay = opts.throttle_delay or limits.THROTTLE_DELAY.default,
+    max_delay = opts.max_delay or limits.MAX_DELAY.default,
+    retry_offline = opts.retry_offline or false,
+    retry_halfconn = opts.retry_halfconn or false,
+    retry_maybe_delivered = opts.retry_maybe_delivered or false,
+  }, Policy)
+end
 
 --- rrpc.retry.new{ max_attempts=3, base_delay=100, throttle_delay=500, max_delay=20000,
 --                  retry_offline=false, retry_halfconn=false, retry_maybe_delivered=false }
 function retry.new(opts)
   opts = opts or {}
-  args.check_options("retry.new", opts, OPTIONS, 2)
-  args.check_range("retry.new", opts, "max_attempts", 1, 100, 2)
-  args.check_range("retry.new", opts, "base_delay", 0, 3600000, 2)
-  args.check_range("retry.new", opts, "throttle_delay", 0, 3600000, 2)
-  args.check_range("retry.new", opts, "max_delay", 0, 3600000, 2)
-  return setmetatable({
-    max_attempts = opts.max_attempts or 3,
-    base_delay = opts.base_delay or 100,
-    throttle_delay = opts.throttle_delay or 500,
-    max_delay = opts.max_delay or 20000,
-    retry_offline = opts.retry_offline or false,
-    retry_halfconn = opts.retry_halfconn or false,
-    retry_maybe_delivered = opts.retry_maybe_delivered or false,
-  }, Policy)
+  args.check("retry.new", 1, opts, OPTIONS, 2)
+  return policy_of(opts)
+end
+
+--- retry.option(value, default) --> policy or false | nil, message
+-- What an option `retry` may be, wherever it is taken (client:rrpc, client:request,
+-- batches): nil (the default), false (none), a policy, or a table of a policy's options.
+function retry.option(value, default)
+  if value == nil then return default end
+  if value == false then return false end
+  if getmetatable(value) == Policy then return value end
+  if type(value) == "table" then
+    local problem = args.problem(value, OPTIONS)
+    if problem then return nil, "option 'retry': " .. problem.message end
+    return policy_of(value)
+  end
+  return nil, "option 'retry' must be a policy (rrpc.retry.new{...}), a table of its options or false, got "
+    .. type(value)
 end
 
 function retry.is_policy(value)

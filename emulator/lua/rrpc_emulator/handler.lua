@@ -109,7 +109,8 @@ local function outcome_of_error(err)
     return reply.from_rejection(err)
   end
   ngx.log(ngx.ERR, debug.traceback(tostring(err), 2))
-  return reply.from_rejection({ status = 500, code = "InternalError", message = "The emulator failed: see its error log." })
+  return reply.from_rejection({ status = 500, code = "InternalError",
+                                message = "The emulator failed: see its error log." })
 end
 
 local function serve(respond)

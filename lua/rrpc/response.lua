@@ -1,0 +1,114 @@
+-- The platform's answer: its fields checked, then read as a result or an rrpc error.
+local core = require "rrpc.core"
+local errors = require "rrpc.errors"
+
+local json_null = require("cjson").null
+
+local response = {}
+
+-- What the fields of the platform's answers must be. A field of another type means the
+-- answer is not the platform's, whatever else it says; JSON null counts as absent.
+local FIELD_KINDS = {
+  string = { named = "a string", check = function(v) return type(v) == "string" end },
+  boolean = { named = "a boolean", check = function(v) return type(v) == "boolean" end },
+  -- decode_response has turned an integer into its exact digits, so a number left here is
+  -- a fraction or an exponent, which no MessageId is; the platform's field is a Long
+  digits = { named = "a 64-bit integer", check = function(v)
+    return type(v) == "string" and v:find("^%d+$") ~= nil
+      and (#v < 19 or (#v == 19 and v <= "9223372036854775807"))
+  end },
+}
+local COMMON_FIELDS = {
+  { "RequestId", "string" }, { "Success", "boolean" }, { "Code", "string" },
+  { "Message", "string" }, { "ErrorMessage", "string" }, { "MessageId", "digits" },
+}
+local RRPC_FIELDS = { { "RrpcCode", "string" }, { "PayloadBase64Byte", "string" } }
+
+local function described(value)
+  if type(value) == "string" and value:find("^%d+$") then return #value .. " digits" end
+  return type(value)
+end
+
+-- Says what is wrong with the first field of `fields` that doc has of the wrong kind, or nil.
+local function field_problem(doc, fields)
+  for _, field in ipairs(fields) do
+    local name, kind = field[1], FIELD_KINDS[field[2]]
+    local value = doc[name]
+    if value == json_null then
+      doc[name] = nil
+    elseif value ~= nil and not kind.check(value) then
+      return ("field '%s' must be %s, got %s"):format(name, kind.named, described(value))
+    end
+  end
+end
+
+--- response.rrpc(doc) --> { payload, message_id, request_id, rrpc_code } | nil, err
+-- The RRpc answer: the device's reply, or its state as an error.
+function response.rrpc(doc)
+  local problem = field_problem(doc, RRPC_FIELDS)
+  if problem then
+    return nil, errors.invalid_response(200, problem, doc.RequestId, doc.MessageId)
+  end
+  local code = doc.RrpcCode
+  if code == "SUCCESS" then
+    local payload, why = core.b64decode(doc.PayloadBase64Byte or "")
+    if not payload then
+      return nil, errors.invalid_response(200, "reply payload is not Base64 (" .. why .. ")",
+        doc.RequestId, doc.MessageId)
+    end
+    return { payload = payload, message_id = doc.MessageId, request_id = doc.RequestId,
+             rrpc_code = code }
+  end
+  if code then
+    return nil, errors.device(code, code, { status = 200, request_id = doc.RequestId,
+                                            message_id = doc.MessageId })
+  end
+  return nil, errors.invalid_response(200, "response has no RrpcCode", doc.RequestId)
+end
+
+--- response.document(doc) --> doc: client:request answers with the decoded document.
+function response.document(doc)
+  return doc
+end
+
+local function retry_after_ms(headers)
+  local v = tonumber(headers["x-acs-retry-after"] or "")
+  return v and math.floor(v) or nil
+end
+
+local function read(outcome, status, headers, body)
+  local doc, why = core.decode_response(body)
+  local request_id = doc and type(doc.RequestId) == "string" and doc.RequestId
+                     or headers["x-acs-request-id"]
+  if not doc then
+    return nil, errors.http(status, ("HTTP %d with a body that is not the platform's JSON: %s"):format(
+      status, why), request_id)
+  end
+  local problem = field_problem(doc, COMMON_FIELDS)
+  if problem then
+    return nil, errors.invalid_response(status, problem, request_id)
+  end
+  if type(doc.Code) == "string" and (doc.Success ~= true or status >= 400) then
+    local message = doc.Message or doc.ErrorMessage
+    return nil, errors.api(doc.Code, {
+      status = status,
+      message = type(message) == "string" and message or nil,
+      request_id = request_id,
+      retry_after = retry_after_ms(headers),
+    })
+  end
+  if status ~= 200 or doc.Success == false then
+    return nil, errors.http(status, ("HTTP %d without an error code"):format(status), request_id)
+  end
+  return outcome(doc)
+end
+
+--- response.interpret(outcome, status, headers, body, secrets) --> result | nil, err
+-- outcome: response.rrpc or response.document. No error holds a secret or security token
+-- of `secrets`, in any field: the platform echoes them (a V1 SignatureDoesNotMatch shows
+-- its string to sign, which holds the token).
+function response.interpret(outcome, status, headers, body, secrets)
+  return errors.scrubbing(secrets, read, outcome, status, headers, body)
+end
+
+return response

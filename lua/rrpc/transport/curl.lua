@@ -1,0 +1,113 @@
+-- The libcurl transport: a session (one easy handle, one kept-alive connection) for
+-- single calls and fetches, a pool (the multi interface, epoll) for batches. Outside
+-- this file and rrpc.core, nothing touches libcurl.
+--
+-- The contract every transport keeps (rrpc.ngx's is lua/rrpc/transport/ngx.lua):
+--
+--   open(settings) --> state | nil, option      the option it cannot take
+--     settings: connect_timeout, idle_timeout (s), max_response_bytes, max_response_memory,
+--     receive_buffer_bytes, ca_file, ca_path, user_agent, proxy, no_proxy, verify, and
+--     the transport's own.
+--   send(state, url, headers, body, timeout_ms) --> status, headers, body | nil, err
+--     one POST to the platform; response headers with lower-case names; err an rrpc error
+--     whose `delivered` is honest (the transport knows whether the request left).
+--   fetch(state, method, url, headers, body, timeout_ms) --> status, headers, body | nil, err
+--     any other HTTP the library does (the ECS metadata service), the way the platform
+--     is reached.
+--   admit(state, call) --> nil | err             before each attempt of a single call:
+--     waits for the quota where the transport has one, or refuses (nothing sent).
+--   sleep(state, ms)                              between attempts.
+--   pool(state, concurrency) --> pool             for batches:
+--     pool:add(token, url, headers, body, timeout_ms)
+--     pool:run(wait_ms) --> { { token, status, headers, body } | { token, err }, ... }
+--       waits up to wait_ms for completions (also when none is in flight)
+--     pool:cancel(token) --> true if it was in flight; pool:count() --> calls in flight
+--   limiter(state, qps, burst, now) --> limiter   a batch's pacing: limiter:take(now)
+--     --> 0 (go, counted) or seconds to wait.
+--   close(state)
+local core = require "rrpc.core"
+local errors = require "rrpc.errors"
+local limiter = require "rrpc.limiter"
+
+local curl = {}
+
+local SETTINGS = { "connect_timeout", "idle_timeout", "max_response_bytes", "receive_buffer_bytes",
+                   "ca_file", "ca_path", "user_agent", "proxy", "no_proxy", "verify" }
+
+function curl.open(settings)
+  local options = { response_budget = core.budget(settings.max_response_memory) }
+  for _, name in ipairs(SETTINGS) do options[name] = settings[name] end
+  local session, refused = core.session(options)
+  if not session then return nil, refused end
+  return { options = options, session = session }
+end
+
+local function perform(state, method, url, headers, body, timeout_ms)
+  local status, h, b, sent = state.session:perform(method, url, headers, body, timeout_ms)
+  if not status then return nil, errors.network(h, b, sent) end
+  return status, h, b
+end
+
+function curl.send(state, url, headers, body, timeout_ms)
+  return perform(state, "POST", url, headers, body, timeout_ms)
+end
+
+curl.fetch = perform
+
+function curl.admit() end
+
+function curl.sleep(_, ms)
+  core.sleep(ms)
+end
+
+-- The C pool's failures ({ token, code, message, sent }) become rrpc errors.
+local Pool = {}
+Pool.__index = Pool
+
+function Pool:add(token, url, headers, body, timeout_ms)
+  self.pool:add(token, "POST", url, headers, body, timeout_ms)
+end
+
+function Pool:run(wait_ms)
+  local completions = self.pool:run(wait_ms)
+  for _, c in ipairs(completions) do
+    if not c.status then c.err = errors.network(c.code, c.message, c.sent) end
+  end
+  return completions
+end
+
+function Pool:cancel(token)
+  return self.pool:cancel(token)
+end
+
+function Pool:count()
+  return self.pool:count()
+end
+
+-- One pool per client, kept between batches; a new one when it is too small or still
+-- holds calls of an abandoned stream.
+function curl.pool(state, concurrency)
+  local kept = state.pool
+  if kept and (kept.size < concurrency or kept.pool:count() > 0) then
+    kept.pool:close()
+    kept = nil
+  end
+  if not kept then
+    local options = { max_connections = concurrency }
+    for k, v in pairs(state.options) do options[k] = v end
+    kept = setmetatable({ pool = core.pool(options), size = concurrency }, Pool)
+    state.pool = kept
+  end
+  return kept
+end
+
+function curl.limiter(_, qps, burst, now)
+  return limiter.new(qps, burst, now)
+end
+
+function curl.close(state)
+  state.session:close()
+  if state.pool then state.pool.pool:close() end
+end
+
+return curl

@@ -1,0 +1,35 @@
+-- Raw HTTP for the specs, through rrpc.core's own session and pool, with the connection
+-- settings a client would give them (rrpc.limits' defaults): for requests that no client
+-- would make (replays, hand-built signatures) and for load beside the client.
+--
+--   local http = require "http"
+--   local session = http.session { ca_file = ... }   -- core.session with the defaults
+--   local pool = http.pool { max_connections = 200 }
+local core = require "rrpc.core"
+local limits = require "rrpc.limits"
+
+local http = {}
+
+--- http.options(extra) --> the options core.session and core.pool require, with extra's
+function http.options(extra)
+  local options = {
+    connect_timeout = limits.CONNECT_TIMEOUT.default,
+    idle_timeout = limits.IDLE_TIMEOUT.default,
+    max_response_bytes = limits.MAX_RESPONSE_BYTES.default,
+    receive_buffer_bytes = limits.RECEIVE_BUFFER_BYTES,
+    response_budget = core.budget(limits.MAX_RESPONSE_MEMORY.default),
+    max_connections = limits.CONCURRENCY.default,
+  }
+  for k, v in pairs(extra or {}) do options[k] = v end
+  return options
+end
+
+function http.session(extra)
+  return core.session(http.options(extra))
+end
+
+function http.pool(extra)
+  return core.pool(http.options(extra))
+end
+
+return http
