@@ -39,7 +39,7 @@ SOURCES   := $(wildcard src/*.c)
 HEADERS   := $(wildcard src/*.h)
 CORE       = $(BUILD_DIR)/rrpc/core.so
 
-.PHONY: all build deps test test-all demo bench soak gateway emulator install uninstall clean
+.PHONY: all build deps test test-fast test-all lint demo bench soak gateway emulator install uninstall clean
 .PHONY: asan fuzz-build fuzz fuzz-ci fuzz-coverage check-memory check-memory-ci
 
 all: build
@@ -59,6 +59,14 @@ deps:
 test: build
 	$(if $(filter luajit,$(LUA_NAME)),,@$(MAKE) -s --no-print-directory build LUA=luajit)
 	LUA=$(LUA_NAME) bash scripts/test.sh
+
+# The specs without the slow groups (#slow: servers under load, nginx, the CLI as a process).
+test-fast: build
+	LUA=$(LUA_NAME) bash scripts/test.sh --exclude-tags=slow
+
+# luacheck (Debian's lua-check) over every Lua file of the project, with .luacheckrc.
+lint:
+	luacheck --no-color -q lua bin/rrpc emulator examples spec bench scripts
 
 # Builds every VM of ALL_LUAS, then tests each in turn: a line per VM, then "N passed, N failed".
 test-all:

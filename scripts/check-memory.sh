@@ -85,7 +85,7 @@ spec_files() {
     return
   fi
   for n in "$@"; do
-    for f in spec/"$n"-*_spec.lua; do [ -f "$f" ] && echo "$f"; done
+    for f in spec/*/"$n"-*_spec.lua; do [ -f "$f" ] && echo "$f"; done
   done
 }
 

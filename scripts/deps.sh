@@ -13,6 +13,7 @@ packages=(
   lua-cjson                                 # response parsing
   lua-busted lua-system                     # specs (Debian's lua-* ship every Lua, 5.1 to 5.4)
   lua-argparse                              # bin/rrpc
+  lua-check                                 # make lint (luacheck)
   luarocks                                  # the rockspec
   nginx libnginx-mod-http-lua               # the emulator (nginx with its Lua module)
   curl ca-certificates procps               # the specs' readiness checks and process control

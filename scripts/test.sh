@@ -8,6 +8,10 @@
 #       builds (make build LUA=...) and runs each VM in turn, each ending with its own line
 #       "<vm>: N passed, N failed, N skipped", then one line for them all: "N passed, N failed"
 #
+# Without busted arguments each VM's suite is followed by the secret scan of what it wrote
+# (spec/scan/secret_scan.lua: no secret in any error or server log), counted with it.
+# `--exclude-tags=slow` leaves out the slow groups (servers under load, the command line
+# as a process, nginx).
 # The exit status is 0 only when every spec of every VM passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,8 +50,25 @@ run_busted() {
   [ "$status" -eq 0 ] && [ "$failed" -eq 0 ]
 }
 
+# The suite under VM $1, then (when it ran whole: no busted arguments) the secret scan of
+# what it wrote (spec/scan/secret_scan.lua); sets passed, failed, skipped for both.
+run_suite() {
+  local vm=$1 status scan_status suite_passed suite_failed suite_skipped
+  shift
+  rm -f build/suite-logs/errors.log build/suite-logs/servers.log
+  run_busted "$vm" "$@"
+  status=$?
+  [ $# -eq 0 ] || return "$status"
+  suite_passed=$passed suite_failed=$failed suite_skipped=$skipped
+  echo "== $vm: the secret scan of the suite's errors and server logs"
+  run_busted "$vm" --pattern=secret_scan spec/scan
+  scan_status=$?
+  passed=$((suite_passed + passed)) failed=$((suite_failed + failed)) skipped=$((suite_skipped + skipped))
+  [ "$status" -eq 0 ] && [ "$scan_status" -eq 0 ]
+}
+
 if [ -z "$all" ]; then
-  run_busted "${LUA:-lua5.4}" "$@"
+  run_suite "${LUA:-lua5.4}" "$@"
   status=$?
   echo "$passed passed, $failed failed, $skipped skipped"
   exit "$status"
@@ -71,7 +92,7 @@ for vm in "${vms[@]}"; do
   echo "== $vm"
   started=$SECONDS
   if [ "${built[$vm]}" = ok ]; then
-    run_busted "$vm" "$@"
+    run_suite "$vm" "$@"
   else
     passed=0 failed=1 skipped=0
   fi

@@ -1,4 +1,4 @@
--- What the suite's clients and servers said, kept for spec/99-secret_scan_spec.lua:
+-- What the suite's clients and servers said, kept for spec/scan/secret_scan.lua:
 -- every rrpc error's text (recorded by spec/support/record_errors.lua) and the logs of
 -- every emulator and gateway a spec started (appended when it stops).
 local suite_log = {}

@@ -50,7 +50,7 @@ local function assert_maybe(err, where)
   assert.is_false(err.retryable, where)
 end
 
-describe("never twice #never_twice", function()
+describe("never twice #never_twice #slow", function()
   local emu
 
   setup(function()
@@ -321,7 +321,7 @@ describe("never twice #never_twice", function()
   end)
 end)
 
-describe("an emulator killed with SIGKILL under calls in flight #never_twice", function()
+describe("an emulator killed with SIGKILL under calls in flight #never_twice #slow", function()
   local emu, restarted
 
   teardown(function()

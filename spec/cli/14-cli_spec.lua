@@ -51,7 +51,7 @@ local ALL_BYTES = (function()
   return table.concat(bytes):rep(3)
 end)()
 
-describe("rrpc command line", function()
+describe("rrpc command line #cli #slow", function()
   local e, dir, home
 
   -- The environment a run gets, as NAME=value words: the test key, the emulator, no ECS

@@ -1,4 +1,5 @@
--- Last: no secret of the suite's keys and no security token appears in any error an rrpc
+-- After the suite (scripts/test.sh runs it so, with `busted --pattern=secret_scan
+-- spec/scan`): no secret of the suite's keys and no security token appears in any error an rrpc
 -- call returned, nor in any log line of the emulators and gateways the specs ran
 -- (spec/support/suite_log.lua), in any form: raw, percent-encoded once or twice (a V1 string
 -- to sign holds the token so), JSON-escaped.
@@ -55,8 +56,9 @@ describe("secret scan", function()
   it("finds no secret in the suite's errors and server logs", function()
     local errors_text, servers_text = read("errors.log"), read("servers.log")
     -- the scan must have something to scan: the suite makes errors and runs servers
-    assert.is_true(#errors_text > 10000, "errors.log: " .. #errors_text .. " bytes")
-    assert.is_true(#servers_text > 10000, "servers.log: " .. #servers_text .. " bytes")
+    local why = "; the scan reads what the whole suite wrote: run scripts/test.sh"
+    assert.is_true(#errors_text > 10000, "errors.log: " .. #errors_text .. " bytes" .. why)
+    assert.is_true(#servers_text > 10000, "servers.log: " .. #servers_text .. " bytes" .. why)
     local list = secrets()
     assert.is_true(#list >= 10)
     for _, secret in ipairs(list) do

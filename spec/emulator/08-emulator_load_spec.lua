@@ -50,7 +50,7 @@ local function timed_call(client, args)
   return res, err, system.monotime() - started
 end
 
-describe("the emulator under load", function()
+describe("the emulator under load #slow", function()
   local emu
   local clients = {}
 
@@ -238,7 +238,7 @@ describe("the emulator under load", function()
   end)
 end)
 
-describe("latency from a distribution", function()
+describe("latency from a distribution #slow", function()
   local emu, client
 
   setup(function()

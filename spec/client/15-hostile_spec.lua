@@ -76,7 +76,7 @@ local function assert_fault(fault, err, where)
   assert.is_string(tostring(err))
 end
 
-describe("a hostile far side", function()
+describe("a hostile far side #slow", function()
   local emu
 
   local function new_client(opts)

@@ -12,7 +12,7 @@ local system = require "system"
 local PK = "a1RRpcDemo"
 local KEY = "LTAI5tRRpcDemoKey"
 
-local ROOT = debug.getinfo(1, "S").source:match("^@(.-)/?spec/[^/]*$") or ""
+local ROOT = debug.getinfo(1, "S").source:match("^@(.-)/?spec/openresty/[^/]*$") or ""
 if ROOT == "" then ROOT = "." end
 
 -- The gateway as spec/support/gateway_server.lua starts it, with --max-quota-wait too.
@@ -186,7 +186,7 @@ local function percentile(values, p)
   return values[math.max(1, math.ceil(#values * p))]
 end
 
-describe("OpenResty gateway: clients that leave #openresty", function()
+describe("OpenResty gateway: clients that leave #openresty #slow", function()
   local emu, gw, include
 
   setup(function()
@@ -295,7 +295,7 @@ describe("OpenResty gateway: clients that leave #openresty", function()
     end)
 end)
 
-describe("OpenResty gateway: many clients on a small quota #openresty", function()
+describe("OpenResty gateway: many clients on a small quota #openresty #slow", function()
   local emu, gw
 
   setup(function()
@@ -352,7 +352,7 @@ describe("OpenResty gateway: many clients on a small quota #openresty", function
   end)
 end)
 
-describe("OpenResty gateway: a long max_quota_wait #openresty", function()
+describe("OpenResty gateway: a long max_quota_wait #openresty #slow", function()
   local emu, gw
 
   setup(function()
@@ -382,7 +382,7 @@ describe("OpenResty gateway: a long max_quota_wait #openresty", function()
   end)
 end)
 
-describe("rrpc_ngx.new and rrpc_ngx.on_abort #openresty", function()
+describe("rrpc_ngx.new and rrpc_ngx.on_abort #openresty #slow", function()
   local emu, gw, include, session
 
   local function get(path, body)

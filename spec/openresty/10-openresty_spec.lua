@@ -9,7 +9,7 @@ local system = require "system"
 
 local PK = "a1RRpcDemo"
 
-describe("OpenResty gateway #openresty", function()
+describe("OpenResty gateway #openresty #slow", function()
   local emu, gw, session
 
   local function post(path, body, timeout_ms)
@@ -174,7 +174,7 @@ describe("OpenResty gateway #openresty", function()
   end)
 end)
 
-describe("OpenResty gateway with 2 workers #openresty", function()
+describe("OpenResty gateway with 2 workers #openresty #slow", function()
   local emu, gw
 
   setup(function()

@@ -100,7 +100,7 @@ describe("STS keys", function()
   end)
 end)
 
-describe("ECS RAM role credentials", function()
+describe("ECS RAM role credentials #slow", function()
   local emu
   setup(function() emu = emulator.start {} end)
   teardown(function()

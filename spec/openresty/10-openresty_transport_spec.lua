@@ -39,7 +39,7 @@ location = /spec/hang {
 }
 ]]
 
-describe("rrpc.ngx's transport #openresty", function()
+describe("rrpc.ngx's transport #openresty #slow", function()
   local emu, gw, include, session
 
   setup(function()
