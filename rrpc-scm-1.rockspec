@@ -43,6 +43,7 @@ build = {
     ["rrpc.errors"] = "lua/rrpc/errors.lua",
     ["rrpc.limiter"] = "lua/rrpc/limiter.lua",
     ["rrpc.limits"] = "lua/rrpc/limits.lua",
+    ["rrpc.metrics"] = "lua/rrpc/metrics.lua",
     ["rrpc.ngx"] = "lua/rrpc/ngx.lua",
     ["rrpc.response"] = "lua/rrpc/response.lua",
     ["rrpc.retry"] = "lua/rrpc/retry.lua",

@@ -28,9 +28,12 @@ local function measure(fn)
   return result
 end
 
+-- signature "v3+metrics": V3 with an rrpc.metrics collector on on_call and on_call_start
 local function client(endpoint, key, secret, signature)
-  return rrpc.new { endpoint = endpoint, access_key_id = key, access_key_secret = secret,
-                    signature = signature }
+  local opts = { endpoint = endpoint, access_key_id = key, access_key_secret = secret,
+                 signature = signature:match("^v%d") }
+  if signature:find("+metrics", 1, true) then opts = rrpc.metrics.new():attach(opts) end
+  return rrpc.new(opts)
 end
 
 local result

@@ -6,6 +6,7 @@ local batch = require "rrpc.batch"
 local client = require "rrpc.client"
 local credentials = require "rrpc.credentials"
 local errors = require "rrpc.errors"
+local metrics = require "rrpc.metrics"
 local retry = require "rrpc.retry"
 
 return {
@@ -20,6 +21,8 @@ return {
   new = client.new,
   batch = batch.batch,
   each = batch.each,
+  check_batch = batch.check,
   retry = retry,
   credentials = credentials,
+  metrics = metrics,
 }

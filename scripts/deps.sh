@@ -17,6 +17,7 @@ packages=(
   luarocks                                  # the rockspec
   nginx libnginx-mod-http-lua               # the emulator (nginx with its Lua module)
   curl ca-certificates procps               # the specs' readiness checks and process control
+  python3-prometheus-client                 # the specs read rrpc.metrics with Prometheus's parser
   clang libclang-rt-dev llvm valgrind       # make fuzz, make check-memory: clang with its
                                             # sanitizer and libFuzzer runtimes, llvm-symbolizer
                                             # and llvm-cov, valgrind

@@ -24,10 +24,41 @@ local MAX_PAYLOAD = 256 * 1024
 local QPS = tonumber(os.getenv("RRPC_QPS") or "") or 1000 -- the account's RRpc quota
 local MAX_QUOTA_WAIT = tonumber(os.getenv("RRPC_MAX_QUOTA_WAIT") or "") -- nil: rrpc.ngx's default
 
+-- This worker's metrics: counted here, on the call path, with no lock; flushed to the
+-- shared dict rrpc_metrics by a timer (gateway.init_worker), from which GET /metrics
+-- renders the sum over every worker.
+local collector = rrpc_ngx.metrics.new()
+local FLUSH_INTERVAL = tonumber(os.getenv("RRPC_METRICS_FLUSH") or "") or 1 -- seconds
+local flushed = {}
+
+local function flush_metrics()
+  local dict = ngx.shared.rrpc_metrics
+  for key, value in pairs(collector:snapshot()) do
+    local delta = value - (flushed[key] or 0)
+    if delta ~= 0 or flushed[key] == nil then -- a series is shown from its first flush
+      local _, err = dict:incr(key, delta, 0)
+      if err then ngx.log(ngx.ERR, "gateway: metrics: ", err) else flushed[key] = value end
+    end
+  end
+end
+
+function gateway.init_worker()
+  local ok, err = ngx.timer.every(FLUSH_INTERVAL, flush_metrics)
+  if not ok then ngx.log(ngx.ERR, "gateway: cannot start the metrics timer: ", err) end
+end
+
+-- GET /metrics: every worker's counts, as last flushed (at most FLUSH_INTERVAL old).
+function gateway.metrics()
+  local dict, series = ngx.shared.rrpc_metrics, {}
+  for _, key in ipairs(dict:get_keys(0)) do series[key] = dict:get(key) end
+  ngx.header["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+  ngx.print(rrpc_ngx.metrics.render(series))
+end
+
 local client -- one per worker, created on first use
 function gateway.client()
   if not client then
-    client = rrpc_ngx.new {
+    client = rrpc_ngx.new(collector:attach {
       access_key_id = os.getenv("RRPC_ACCESS_KEY_ID"),
       access_key_secret = os.getenv("RRPC_ACCESS_KEY_SECRET"),
       endpoint = os.getenv("RRPC_ENDPOINT"),
@@ -35,7 +66,7 @@ function gateway.client()
       quota_dict = "rrpc_quota",
       qps = QPS,
       max_quota_wait = MAX_QUOTA_WAIT,
-    }
+    })
   end
   return client
 end
@@ -79,12 +110,6 @@ local function read_body()
   return ngx.req.get_body_data() or ""
 end
 
--- The argument errors rrpc raises, as a message for a 400.
-local function argument_problem(message)
-  message = tostring(message):gsub("^[^:]*:%d+: ", "")
-  return message:match("^bad argument #1 to '[^']*' %((.*)%)$") or message
-end
-
 function gateway.device()
   local product_key, device_name = ngx.var.uri:match("^/devices/([^/]+)/([^/]+)/rrpc$")
   if not product_key then return refuse(404, "NotFound", "POST /devices/{product_key}/{device_name}/rrpc") end
@@ -94,11 +119,13 @@ function gateway.device()
   if #payload > MAX_PAYLOAD then
     return refuse(400, "PayloadTooLarge", ("payload is %d bytes, more than %d"):format(#payload, MAX_PAYLOAD))
   end
-  local ok, res, err = pcall(gateway.client().rrpc, gateway.client(), {
+  local request = {
     product_key = product_key, device_name = device_name, payload = payload,
-    timeout = query.timeout and tonumber(query.timeout) or nil, topic = query.topic,
-  })
-  if not ok then return refuse(400, "InvalidArgument", argument_problem(res)) end
+    timeout = query.timeout and (tonumber(query.timeout) or query.timeout) or nil, topic = query.topic,
+  }
+  local problem = gateway.client():check(request)
+  if problem then return refuse(400, "InvalidArgument", problem.message) end
+  local res, err = gateway.client():rrpc(request)
   local outcome = res or err
   ngx.header["X-Rrpc-Request-Id"] = outcome.request_id
   ngx.header["X-Rrpc-Message-Id"] = outcome.message_id
@@ -134,13 +161,15 @@ function gateway.batch()
   for i, device in ipairs(body.devices) do -- a name, or {"device_name": .., "payload": ..}
     requests[i] = type(device) == "string" and { device_name = device } or device
   end
-  local ok, results, summary = pcall(rrpc_ngx.batch, gateway.client(), requests, {
+  local opts = {
     concurrency = tonumber(query.concurrency or "") or 100,
     qps = QPS,
     defaults = { product_key = product_key, payload = payload,
-                 timeout = query.timeout and tonumber(query.timeout) or nil },
-  })
-  if not ok then return refuse(400, "InvalidArgument", argument_problem(results)) end
+                 timeout = query.timeout and (tonumber(query.timeout) or query.timeout) or nil },
+  }
+  local problem = rrpc_ngx.check_batch(opts)
+  if problem then return refuse(400, "InvalidArgument", problem.message) end
+  local results, summary = rrpc_ngx.batch(gateway.client(), requests, opts)
   local out = {}
   for i, r in ipairs(results) do
     local device = body.devices[i]

@@ -70,9 +70,15 @@ local function start(c, requests, opts, fname, level)
   }, Run)
 end
 
-function Run:record(index, res, err, attempts)
+-- entry: the request's (nil for one never read as a call); its timings feed on_call.
+function Run:record(index, res, err, attempts, entry)
   local outcome = res or err
   outcome.attempts = attempts
+  if self.p.on_call then
+    local now = core.monotime()
+    client.call_over(self.p, entry and entry.call, res, err, attempts,
+      entry and now - entry.read_at or 0, entry and entry.quota_wait or 0)
+  end
   local s = self.stats
   s.done = s.done + 1
   s.attempts = s.attempts + attempts
@@ -108,15 +114,25 @@ function Run:read_next()
     end
     local call, problem = client.rrpc_call(self.client, request, self.policy)
     if call then
-      return { index = self.read, call = call, attempts = 0 }
+      return { index = self.read, call = call, attempts = 0, read_at = core.monotime(), quota_wait = 0 }
     end
+    -- what the malformed request names of itself, for on_call
+    local named = type(request) == "table" and request or {}
+    local pseudo = { action = "RRpc", params = {
+      ProductKey = type(named.product_key) == "string" and named.product_key or nil,
+      DeviceName = type(named.device_name) == "string" and named.device_name or nil } }
     self:record(self.read, nil, errors.new { kind = "invalid", code = "InvalidArgument",
       message = ("request #%d: %s"):format(self.read, problem.message), option = problem.option,
-      delivered = "no" }, 0)
+      delivered = "no" }, 0, { call = pseudo, read_at = core.monotime(), quota_wait = 0 })
   end
 end
 
-function Run:send(entry)
+function Run:send(entry, now)
+  if entry.held_at then -- it waited for the rate limit
+    entry.quota_wait = entry.quota_wait + (now - entry.held_at)
+    entry.held_at = nil
+  end
+  if entry.attempts == 0 then client.call_started(self.p, entry.call) end
   entry.attempts = entry.attempts + 1
   local url, headers, body = client.sign(self.client, self.p, entry.call)
   if not url then -- no credentials now: settled like any failure, retried if the policy says so
@@ -145,9 +161,10 @@ function Run:fill(now)
     local wait = self.limiter:take(now)
     if wait > 0 then
       self.held = entry
+      entry.held_at = entry.held_at or now
       return wait
     end
-    self:send(entry)
+    self:send(entry, now)
   end
 end
 
@@ -181,7 +198,7 @@ function Run:settle(entry, res, err, now)
       return
     end
   end
-  self:record(entry.index, res, err, entry.attempts)
+  self:record(entry.index, res, err, entry.attempts, entry)
 end
 
 local function deadline_error(delivered)
@@ -197,16 +214,16 @@ end
 function Run:expire()
   for token, entry in pairs(self.in_flight) do
     self.pool:cancel(token)
-    self:record(entry.index, nil, deadline_error("maybe"), entry.attempts)
+    self:record(entry.index, nil, deadline_error("maybe"), entry.attempts, entry)
   end
   self.in_flight, self.in_flight_count = {}, 0
   if self.held then
     local held = self.held
-    self:record(held.index, nil, held.err or deadline_error("no"), held.attempts)
+    self:record(held.index, nil, held.err or deadline_error("no"), held.attempts, held)
     self.held = nil
   end
   for _, entry in ipairs(self.waiting) do
-    self:record(entry.index, nil, entry.err, entry.attempts)
+    self:record(entry.index, nil, entry.err, entry.attempts, entry)
   end
   self.waiting = {}
   if not self.exhausted and self.total then
@@ -275,6 +292,11 @@ function Run:summary()
   local s = self.stats
   return { total = s.done, ok = s.ok, failed = s.failed, by_kind = s.by_kind, by_code = s.by_code,
            attempts = s.attempts, retried = s.retried, seconds = core.monotime() - self.started }
+end
+
+--- batch.check(opts) --> nil | { option =, message = }: what rrpc.batch would raise for
+function batch.check(opts)
+  return args.problem(opts or {}, OPTIONS)
 end
 
 --- rrpc.each(client, requests_or_iterator, opts) --> iterator of index, res, err

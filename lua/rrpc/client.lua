@@ -109,6 +109,9 @@ client.NEW_OPTIONS = {
   -- a CR or LF would start a header of its own
   user_agent = { type = "string", check = no_control("user_agent") },
   insecure_skip_tls_verify = { type = "boolean" },
+  -- called once for each call after its last attempt, and as it starts (rrpc.metrics)
+  on_call = { type = "function" },
+  on_call_start = { type = "function" },
 }
 
 local function payload_size(payload)
@@ -220,6 +223,8 @@ function client.new_with(opts, transport, settings, level)
     transport = transport,
     state = state,
     open = true,
+    on_call = opts.on_call,
+    on_call_start = opts.on_call_start,
   }
   return self
 end
@@ -305,30 +310,86 @@ function client.interpret(p, call, status, headers, body)
   return response.interpret(call.outcome, status, headers, body, p.secrets)
 end
 
--- One attempt on the client's own connection.
+-- A hook that raises never changes a call's outcome: it is reported once per client.
+local function run_hook(p, name, info)
+  local ok, why = pcall(p[name], info)
+  if not ok and not p.hook_failed then
+    p.hook_failed = true
+    p.transport.warn(p.state, ("rrpc: the %s hook raised (reported once per client): %s"):format(name, tostring(why)))
+  end
+end
+
+--- client.call_started(p, call) -- the on_call_start hook, as a call begins
+function client.call_started(p, call)
+  if not p.on_call_start then return end
+  call.reported_start = true
+  local params = call.params
+  run_hook(p, "on_call_start", { action = call.action, product_key = params.ProductKey,
+                                 device_name = params.DeviceName })
+end
+
+--- client.call_over(p, call, res, err, attempts, seconds, quota_seconds) -- the on_call hook
+-- info: what the outcome says of the call, never its payload or a secret.
+function client.call_over(p, call, res, err, attempts, seconds, quota_seconds)
+  if not p.on_call then return end
+  local params = call and call.params or {}
+  local info = {
+    action = call and call.action or "RRpc", product_key = params.ProductKey, device_name = params.DeviceName,
+    ok = res ~= nil, attempts = attempts, duration_ms = seconds * 1000, quota_wait_ms = quota_seconds * 1000,
+    started = call ~= nil and call.reported_start == true,
+  }
+  if res then
+    info.rrpc_code = res.rrpc_code
+    info.code = res.rrpc_code
+    info.status = 200
+    info.request_id = res.request_id or res.RequestId
+    info.message_id = res.message_id or res.MessageId
+  else
+    info.kind, info.code, info.rrpc_code = err.kind, err.code, err.rrpc_code
+    info.delivered, info.retryable, info.status = err.delivered, err.retryable, err.status
+    info.request_id, info.message_id = err.request_id, err.message_id
+  end
+  run_hook(p, "on_call", info)
+end
+
+-- One attempt on the client's own connection; the seconds it waited for the quota.
 local function attempt(self, p, call)
+  local asked = core.monotime()
   local refused = p.transport.admit(p.state, call)
-  if refused then return nil, refused end
+  local quota_seconds = core.monotime() - asked
+  if refused then return nil, refused, quota_seconds end
   local url, headers, body = client.sign(self, p, call)
-  if not url then return nil, headers end
+  if not url then return nil, headers, quota_seconds end
   local status, resp_headers, resp_body = p.transport.send(p.state, url, headers, body, call.http_timeout)
-  if not status then return nil, resp_headers end
-  return client.interpret(p, call, status, resp_headers, resp_body)
+  if not status then return nil, resp_headers, quota_seconds end
+  local res, err = client.interpret(p, call, status, resp_headers, resp_body)
+  return res, err, quota_seconds
 end
 
 -- Attempts until success or the policy says stop; the outcome says how many it took.
 local function perform(self, p, call)
-  local attempts = 0
+  local attempts, started, quota_seconds = 0, core.monotime(), 0
+  client.call_started(p, call)
   while true do
     attempts = attempts + 1
-    local res, err = attempt(self, p, call)
+    local res, err, waited = attempt(self, p, call)
+    quota_seconds = quota_seconds + waited
     local delay = err and call.retry and call.retry:delay(err, attempts)
     if not delay then
       (res or err).attempts = attempts
+      client.call_over(p, call, res, err, attempts, core.monotime() - started, quota_seconds)
       return res, err
     end
     p.transport.sleep(p.state, delay)
   end
+end
+
+--- client:check(request) --> nil | { option =, message = }: what client:rrpc would raise
+-- for, without raising (for a gateway that answers 400 with it)
+function Client:check(request)
+  client.open_state(self, "check", 2)
+  local _, problem = client.rrpc_call(self, request)
+  return problem
 end
 
 --- client:rrpc{ product_key=, device_name=, payload=, timeout=5000, topic=, iot_instance_id=,

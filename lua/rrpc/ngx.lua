@@ -21,6 +21,7 @@ local M = {
   retry = retry, batch = batch.batch, each = batch.each, is_error = rrpc.is_error,
   percent_encode = rrpc.percent_encode, b64encode = rrpc.b64encode, b64decode = rrpc.b64decode,
   sign_v1 = rrpc.sign_v1, sign_v3 = rrpc.sign_v3, credentials = rrpc.credentials,
+  metrics = rrpc.metrics, check_batch = batch.check,
 }
 
 local function location_uri(name)

@@ -24,6 +24,7 @@
 --     pool:cancel(token) --> true if it was in flight; pool:count() --> calls in flight
 --   limiter(state, qps, burst, now) --> limiter   a batch's pacing: limiter:take(now)
 --     --> 0 (go, counted) or seconds to wait.
+--   warn(state, message)                          a line for the operator (a hook that raised).
 --   close(state)
 local core = require "rrpc.core"
 local errors = require "rrpc.errors"
@@ -103,6 +104,10 @@ end
 
 function curl.limiter(_, qps, burst, now)
   return limiter.new(qps, burst, now)
+end
+
+function curl.warn(_, message)
+  io.stderr:write(message, "\n")
 end
 
 function curl.close(state)

@@ -330,6 +330,10 @@ function transport.admit(state)
   end
 end
 
+function transport.warn(_, message)
+  ngx.log(ngx.WARN, message)
+end
+
 function transport.close() end
 
 return transport
