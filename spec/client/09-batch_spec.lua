@@ -249,6 +249,18 @@ describe("against the emulator", function()
       assert.same({ device = 60, api = 20 }, summary.by_kind)
     end)
 
+    it("takes a retry table as client:rrpc does: the batch's policy and a request's own", function()
+      local results, summary = rrpc.batch(client, requests_to({ "throttled" }, 2),
+        { retry = { max_attempts = 2, throttle_delay = 0 } })
+      assert.same({ 2, 2 }, { results[1].err.attempts, results[2].err.attempts })
+      assert.equal(2, summary.retried)
+      local own = requests_to({ "throttled" }, 1, { retry = { max_attempts = 4, throttle_delay = 0 } })
+      results = rrpc.batch(client, own, { retry = false })
+      assert.equal(4, results[1].err.attempts) -- the request's own table wins over the batch's none
+      assert.has_error(function() rrpc.batch(client, {}, { retry = { max_attempts = 0 } }) end,
+        "bad argument #3 to 'batch' (option 'retry': option 'max_attempts' must be in 1..100, got 0)")
+    end)
+
     it("accounts once for each request of a batch with offline, slow and throttled devices", function()
       local devices = { "echo", "offline", "slow", "throttled", "unavailable", "reset" }
       local requests = requests_to(devices, 36, { timeout = 3000 })
