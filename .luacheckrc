@@ -7,6 +7,8 @@ read_globals = { "jit" }
 -- what runs inside nginx sets ngx.ctx, ngx.var, ngx.status, ngx.header
 files["lua/rrpc/ngx.lua"] = { globals = { "ngx" } }
 files["lua/rrpc/transport/ngx.lua"] = { globals = { "ngx" } }
+files["lua/rrpc/transport/ngx_redis.lua"] = { globals = { "ngx" } }
+files["lua/rrpc/quota/shared_dict.lua"] = { globals = { "ngx" } }
 files["emulator"] = { globals = { "ngx" } }
 files["examples/openresty"] = { globals = { "ngx" } }
 -- tables of cases read best a case a line

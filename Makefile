@@ -28,8 +28,8 @@ CFLAGS     ?= -O2 -g
 WARNINGS   := -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wshadow -Wno-unused-parameter
 # The Lua headers first, so that an overridden LUA_INCLUDE_DIR wins.
 LUA_CFLAGS  = $(if $(LUA_INCLUDE_DIR),-I$(LUA_INCLUDE_DIR))
-DEP_CFLAGS  = $(shell $(PKG_CONFIG) --cflags libcurl openssl)
-DEP_LIBS    = $(shell $(PKG_CONFIG) --libs libcurl libcrypto)
+DEP_CFLAGS  = $(shell $(PKG_CONFIG) --cflags libcurl openssl hiredis)
+DEP_LIBS    = $(shell $(PKG_CONFIG) --libs libcurl libcrypto hiredis)
 # A Lua C module never links liblua: the interpreter that loads it provides the API.
 SHARED     := -shared -fPIC
 
@@ -93,11 +93,12 @@ emulator:
 	emulator/run $(if $(PORT),--port $(PORT)) $(if $(DEVICES),--devices $(DEVICES))
 
 install: build
-	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/transport
+	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/transport $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/quota
 	install -m 0755 $(CORE) $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc/core.so
 	install -m 0644 lua/rrpc.lua $(DESTDIR)$(LUA_MODULE_DIR)/rrpc.lua
 	for f in lua/rrpc/*.lua; do install -m 0644 $$f $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/; done
 	for f in lua/rrpc/transport/*.lua; do install -m 0644 $$f $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/transport/; done
+	for f in lua/rrpc/quota/*.lua; do install -m 0644 $$f $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/quota/; done
 	install -D -m 0755 bin/rrpc $(DESTDIR)$(PREFIX)/bin/rrpc
 	# the emulator, where `rrpc emulator` looks for it when installed
 	install -d $(DESTDIR)$(PREFIX)/share/rrpc/emulator/lua/rrpc_emulator

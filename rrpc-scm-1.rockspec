@@ -22,18 +22,19 @@ dependencies = {
 external_dependencies = {
   CURL = { header = "curl/curl.h" },
   OPENSSL = { header = "openssl/evp.h" },
+  HIREDIS = { header = "hiredis/hiredis.h" },
 }
 build = {
   type = "builtin",
   modules = {
     ["rrpc.core"] = {
       sources = { "src/budget.c", "src/class.c", "src/codec.c", "src/core.c", "src/options.c",
-                  "src/pool.c", "src/request.c", "src/response.c", "src/session.c", "src/sign.c",
+                  "src/pool.c", "src/redis.c", "src/request.c", "src/response.c", "src/session.c", "src/sign.c",
                   "src/system.c", "src/transfer.c", "src/url.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      libraries = { "curl", "crypto" },
-      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+      libraries = { "curl", "crypto", "hiredis" },
+      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(HIREDIS_INCDIR)/hiredis" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(HIREDIS_LIBDIR)" },
     },
     ["rrpc"] = "lua/rrpc.lua",
     ["rrpc.args"] = "lua/rrpc/args.lua",
@@ -45,10 +46,15 @@ build = {
     ["rrpc.limits"] = "lua/rrpc/limits.lua",
     ["rrpc.metrics"] = "lua/rrpc/metrics.lua",
     ["rrpc.ngx"] = "lua/rrpc/ngx.lua",
+    ["rrpc.quota"] = "lua/rrpc/quota.lua",
+    ["rrpc.quota.redis"] = "lua/rrpc/quota/redis.lua",
+    ["rrpc.quota.shared_dict"] = "lua/rrpc/quota/shared_dict.lua",
     ["rrpc.response"] = "lua/rrpc/response.lua",
     ["rrpc.retry"] = "lua/rrpc/retry.lua",
     ["rrpc.transport.curl"] = "lua/rrpc/transport/curl.lua",
     ["rrpc.transport.ngx"] = "lua/rrpc/transport/ngx.lua",
+    ["rrpc.transport.ngx_redis"] = "lua/rrpc/transport/ngx_redis.lua",
+    ["rrpc.transport.redis"] = "lua/rrpc/transport/redis.lua",
   },
   install = {
     bin = { rrpc = "bin/rrpc" },

@@ -6,6 +6,7 @@ local batch = require "rrpc.batch"
 local client = require "rrpc.client"
 local credentials = require "rrpc.credentials"
 local errors = require "rrpc.errors"
+local quota = require "rrpc.quota"
 local metrics = require "rrpc.metrics"
 local retry = require "rrpc.retry"
 
@@ -24,5 +25,6 @@ return {
   check_batch = batch.check,
   retry = retry,
   credentials = credentials,
+  quota = quota,
   metrics = metrics,
 }

@@ -16,6 +16,8 @@ packages=(
   lua-check                                 # make lint (luacheck)
   luarocks                                  # the rockspec
   nginx libnginx-mod-http-lua               # the emulator (nginx with its Lua module)
+  redis-server libhiredis-dev lua-nginx-redis # rrpc.quota.redis: the server for the specs,
+                                            # hiredis for rrpc.core, lua-resty-redis in nginx
   curl ca-certificates procps               # the specs' readiness checks and process control
   python3-prometheus-client                 # the specs read rrpc.metrics with Prometheus's parser
   clang libclang-rt-dev llvm valgrind       # make fuzz, make check-memory: clang with its

@@ -17,6 +17,7 @@ int luaopen_rrpc_core(lua_State *L)
         {"timestamp", l_timestamp},
         {"session", l_session},
         {"pool", l_pool},
+        {"redis", l_redis},
         {"budget", l_budget},
         {"parse_url", l_parse_url},
         {"platform", l_platform},
@@ -28,6 +29,7 @@ int luaopen_rrpc_core(lua_State *L)
     rrpc_register_class(L, &rrpc_session_class);
     rrpc_register_class(L, &rrpc_pool_class);
     rrpc_register_class(L, &rrpc_budget_class);
+    rrpc_register_class(L, &rrpc_redis_class);
 
     lua_newtable(L);
     luaL_setfuncs(L, functions, 0);

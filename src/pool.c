@@ -24,6 +24,7 @@ struct pool {
     struct rrpc_transfer *active; /* in flight, doubly linked */
     struct rrpc_transfer *idle;   /* ready for reuse, linked by next */
     long in_flight, idle_count, max_idle;
+    int watch_fd, watch_ready;    /* a socket of the caller's watched during run, or -1 */
 };
 
 static long long now_ms(void)
@@ -139,6 +140,7 @@ int l_pool(lua_State *L)
     p = lua_newuserdatauv(L, sizeof *p, 0);
     memset(p, 0, sizeof *p);
     p->epoll_fd = -1; /* before anything can raise: the __gc closes it when >= 0 */
+    p->watch_fd = -1;
     luaL_setmetatable(L, RRPC_POOL_MT);
     rrpc_options_read(L, 1, &p->options);
     p->max_idle = max_connections;
@@ -238,6 +240,10 @@ static void drive(struct pool *p, long long wait_ms)
     ready = epoll_wait(p->epoll_fd, events, EVENTS_PER_WAIT, (int)wait_ms);
     for (i = 0; i < ready; i++) {
         int flags = 0;
+        if (events[i].data.fd == p->watch_fd) { /* the caller's, not libcurl's */
+            p->watch_ready = 1;
+            continue;
+        }
         if (events[i].events & EPOLLIN)
             flags |= CURL_CSELECT_IN;
         if (events[i].events & EPOLLOUT)
@@ -252,26 +258,55 @@ static void drive(struct pool *p, long long wait_ms)
     }
 }
 
-/* pool:run(wait_ms) --> array of completions, each
+/* Watches the caller's socket fd (readable, or writable too) for the length of one run. */
+static void watch(struct pool *p, int fd, int write)
+{
+    struct epoll_event ev;
+    p->watch_ready = 0;
+    if (fd < 0)
+        return;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN | (write ? EPOLLOUT : 0);
+    ev.data.fd = fd;
+    if (epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, fd, &ev) == 0)
+        p->watch_fd = fd;
+}
+
+static void unwatch(struct pool *p)
+{
+    if (p->watch_fd >= 0)
+        epoll_ctl(p->epoll_fd, EPOLL_CTL_DEL, p->watch_fd, NULL);
+    p->watch_fd = -1;
+    p->watch_ready = 0;
+}
+
+/* pool:run(wait_ms [, fd, write]) --> array of completions, each
  *   { token=, status=, headers=, body=, info= } or { token=, code=, message=, sent= }
  * Drives the transfers; waits up to wait_ms when none has finished yet (also when none
- * is in flight, so it doubles as the batch scheduler's sleep). */
+ * is in flight, so it doubles as the batch scheduler's sleep). With fd, it also returns
+ * as soon as that socket of the caller's is readable (or writable, with write): a Redis
+ * lease in flight (rrpc.quota.redis) is answered while the transfers go on. */
 static int pool_run(lua_State *L)
 {
     struct pool *p = check_pool(L);
     lua_Integer wait_ms = luaL_optinteger(L, 2, 0);
+    lua_Integer watch_fd = luaL_optinteger(L, 3, -1);
+    int watch_write = lua_toboolean(L, 4);
     long long until;
     int n;
     luaL_argcheck(L, wait_ms >= 0 && wait_ms <= 600000, 2, "wait must be in 0..600000 ms");
+    luaL_argcheck(L, watch_fd >= -1 && watch_fd <= 1 << 30, 3, "a file descriptor expected");
     lua_settop(L, 2);
     lua_newtable(L);
     until = now_ms() + wait_ms;
+    watch(p, (int)watch_fd, watch_write);
     drive(p, 0);
     n = collect(L, p, 3, 0);
-    while (n == 0 && now_ms() < until) {
+    while (n == 0 && !p->watch_ready && now_ms() < until) {
         drive(p, until - now_ms());
         n = collect(L, p, 3, n);
     }
+    unwatch(p);
     return 1;
 }
 

@@ -10,6 +10,7 @@
 #define RRPC_SESSION_MT "rrpc.session"
 #define RRPC_POOL_MT "rrpc.pool"
 #define RRPC_BUDGET_MT "rrpc.budget"
+#define RRPC_REDIS_MT "rrpc.redis"
 
 /* A string parameter or header, borrowed from a Lua string kept alive on the stack. */
 struct rrpc_kv {
@@ -58,6 +59,10 @@ int l_session(lua_State *L);
 /* pool.c */
 extern const struct rrpc_class rrpc_pool_class;
 int l_pool(lua_State *L);
+
+/* redis.c: redis(host, port) --> a non-blocking connection (hiredis) */
+extern const struct rrpc_class rrpc_redis_class;
+int l_redis(lua_State *L);
 
 /* response.c */
 int rrpc_find_member_number(const char *s, size_t n, const char *key,

@@ -6,6 +6,7 @@ local args = require "rrpc.args"
 local credentials = require "rrpc.credentials"
 local errors = require "rrpc.errors"
 local limits = require "rrpc.limits"
+local quota = require "rrpc.quota"
 local response = require "rrpc.response"
 local retry = require "rrpc.retry"
 local curl = require "rrpc.transport.curl"
@@ -81,6 +82,12 @@ local function is_provider(value)
   end
 end
 
+local function is_quota(value)
+  if not quota.is_quota(value) then
+    return "option 'quota' must be a quota from rrpc.quota (rrpc.quota.process, rrpc.quota.redis, ...)"
+  end
+end
+
 local function retry_option(value)
   local _, why = retry.option(value)
   return why
@@ -109,6 +116,9 @@ client.NEW_OPTIONS = {
   -- a CR or LF would start a header of its own
   user_agent = { type = "string", check = no_control("user_agent") },
   insecure_skip_tls_verify = { type = "boolean" },
+  -- a limit shared by every call of the client (and, through Redis, of other hosts)
+  quota = { type = "table", check = is_quota },
+  max_quota_wait = { type = "integer", range = limits.MAX_QUOTA_WAIT },
   -- called once for each call after its last attempt, and as it starts (rrpc.metrics)
   on_call = { type = "function" },
   on_call_start = { type = "function" },
@@ -186,6 +196,8 @@ function client.new_with(opts, transport, settings, level)
   settings.proxy = opts.proxy
   settings.no_proxy = opts.no_proxy
   settings.verify = not opts.insecure_skip_tls_verify
+  settings.quota = opts.quota
+  settings.max_quota_wait = opts.max_quota_wait or limits.MAX_QUOTA_WAIT.default
 
   local provider = given_credentials(opts, level)
   local state, refused = transport.open(settings)

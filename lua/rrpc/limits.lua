@@ -41,6 +41,34 @@ limits.METADATA_TOKEN_TTL_S = 21600
 
 -- Inside nginx (rrpc.ngx)
 limits.NGX_QPS = { min = 1, max = 1000000, default = limits.QUOTA_QPS }
+-- The longest a single call waits for a slot of its client's quota (rrpc.quota, rrpc.ngx)
 limits.MAX_QUOTA_WAIT = { min = 0, max = 60000, default = 1000 }     -- ms
+
+-- Quotas (rrpc.quota): one limit shared by every call of a client, or of many hosts
+limits.QUOTA_QPS_RANGE = { min = 1, max = 1000000, default = limits.QUOTA_QPS }
+-- Redis (rrpc.quota.redis). Slots are leased in blocks of at most QUOTA_BLOCK_SECONDS of
+-- the quota and never more than QUOTA_LOOK_AHEAD ahead of Redis's clock; a slot is sent at
+-- or after its time and dropped when it could not be sent within QUOTA_GRACE of it. Slots
+-- are spaced (1 + QUOTA_GRACE + QUOTA_COUNT_JITTER) / qps apart, so that any second of the
+-- platform's counting holds at most qps of them (README, "Many hosts, one quota").
+limits.QUOTA_BLOCK_SECONDS = 0.02
+limits.QUOTA_LOOK_AHEAD = 0.05            -- s
+limits.QUOTA_GRACE = 0.015                -- s
+limits.QUOTA_COUNT_JITTER = 0.01          -- s between our send and the platform's count
+limits.QUOTA_REDIS_TIMEOUT = { min = 1, max = 60000, default = 200 } -- ms: connect, and each reply
+limits.QUOTA_REDIS_PORT = 6379
+limits.QUOTA_REDIS_DB = { min = 0, max = 1000000 }
+-- The local share while Redis cannot be reached: qps / QUOTA_FALLBACK_SHARE by default,
+-- so that up to that many hosts on their fallback together stay within the quota.
+limits.QUOTA_FALLBACK_SHARE = 8
+-- While on the fallback, Redis is asked again this often.
+limits.QUOTA_PROBE_INTERVAL = 0.25        -- s
+-- The first host back from its fallback holds the shared quota for a probe interval, its
+-- timeout and this margin, so that no host is still on its fallback when the shared sends
+-- begin again.
+limits.QUOTA_REJOIN_MARGIN = 0.05         -- s
+-- Kept-alive Redis connections inside nginx (lua-resty-redis's set_keepalive)
+limits.QUOTA_REDIS_KEEPALIVE_MS = 10000
+limits.QUOTA_REDIS_POOL_SIZE = 16
 
 return limits

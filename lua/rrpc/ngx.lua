@@ -14,7 +14,9 @@ local args = require "rrpc.args"
 local batch = require "rrpc.batch"
 local client = require "rrpc.client"
 local limits = require "rrpc.limits"
+local quota = require "rrpc.quota"
 local retry = require "rrpc.retry"
+local shared_dict = require "rrpc.quota.shared_dict"
 local transport = require "rrpc.transport.ngx"
 
 local M = {
@@ -32,41 +34,37 @@ local function location_uri(name)
   end
 end
 
-local function shared_dict(name)
-  if not ngx.shared[name] then
-    return ("option 'quota_dict': no lua_shared_dict %q in nginx.conf"):format(name)
-  end
-end
-
 local NGX_OPTIONS = {
   location = { type = "string", check = location_uri("location") },
   fetch_location = { type = "string", check = location_uri("fetch_location") },
-  quota_dict = { type = "string", check = shared_dict },
+  -- the quota of every worker, in a lua_shared_dict: rrpc_ngx.quota.shared_dict's
+  quota_dict = { type = "string", check = shared_dict.check_dict("quota_dict") },
   qps = { type = "integer", range = limits.NGX_QPS },
-  max_quota_wait = { type = "integer", range = limits.MAX_QUOTA_WAIT },
 }
 local OPTIONS = args.merge(client.NEW_OPTIONS, NGX_OPTIONS)
 
 --- rrpc.ngx.new{ ...rrpc.new's options..., location = "/_rrpc", fetch_location = "/_rrpc_fetch",
---                quota_dict = nil, qps = 1000, max_quota_wait = 1000 }
+--                quota = nil, quota_dict = nil, qps = 1000, max_quota_wait = 1000 }
 -- location: the internal location that proxies to the platform; fetch_location: the one
--- that reaches the ECS metadata service; quota_dict: the name of a lua_shared_dict through
--- which the calls of every worker share the quota of `qps` calls per second; a single
--- call waits at most max_quota_wait ms for a slot, or fails at once as Throttling.Quota;
--- batches wait (paced by their own `qps`, within this one).
+-- that reaches the ECS metadata service; quota: an rrpc_ngx.quota (redis, shared_dict) for
+-- every call of the client; quota_dict: the same as quota = rrpc_ngx.quota.shared_dict{
+-- name = quota_dict, qps = qps }; a single call waits at most max_quota_wait ms for a
+-- slot, or fails at once as Throttling.Quota; batches wait (paced by their own `qps`,
+-- within the quota).
 function M.new(opts)
   args.check("new", 1, opts, OPTIONS, 2)
   local plain, own = {}, {}
   for k, v in pairs(opts) do
     if NGX_OPTIONS[k] then own[k] = v else plain[k] = v end
   end
+  if own.quota_dict then
+    if opts.quota then args.raise("new", 1, "option 'quota_dict' cannot go with option 'quota'", 2) end
+    plain.quota = shared_dict.new({ name = own.quota_dict, qps = own.qps or limits.NGX_QPS.default,
+                                    key = opts.access_key_id }, "new", 2)
+  end
   local settings = {
     location = own.location or "/_rrpc",
     fetch_location = own.fetch_location or "/_rrpc_fetch",
-    qps = own.qps or limits.NGX_QPS.default,
-    max_quota_wait = own.max_quota_wait or limits.MAX_QUOTA_WAIT.default,
-    quota_dict = own.quota_dict and ngx.shared[own.quota_dict],
-    access_key_id = opts.access_key_id,
   }
   return client.new_with(plain, transport, settings, 3)
 end
@@ -141,5 +139,16 @@ function M.balance()
 end
 
 M.FORWARDED_HEADERS = transport.FORWARDED_HEADERS
+
+--- rrpc_ngx.quota.redis{ url =, key =, qps =, ... }: rrpc.quota.redis's options, on
+-- cosockets (lua-resty-redis); rrpc_ngx.quota.shared_dict{ name =, qps =, key = };
+-- rrpc_ngx.quota.process{ qps = } (this worker's calls only).
+M.quota = {
+  redis = function(opts) return quota.redis_with(opts, require "rrpc.transport.ngx_redis", "redis", 2) end,
+  shared_dict = function(opts) return shared_dict.new(opts, "shared_dict", 2) end,
+  process = quota.process,
+  is_quota = quota.is_quota,
+  wait = nil,
+}
 
 return M

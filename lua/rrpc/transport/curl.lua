@@ -6,8 +6,8 @@
 --
 --   open(settings) --> state | nil, option      the option it cannot take
 --     settings: connect_timeout, idle_timeout (s), max_response_bytes, max_response_memory,
---     receive_buffer_bytes, ca_file, ca_path, user_agent, proxy, no_proxy, verify, and
---     the transport's own.
+--     receive_buffer_bytes, ca_file, ca_path, user_agent, proxy, no_proxy, verify, quota
+--     (rrpc.quota, or nil) and max_quota_wait (ms), and the transport's own.
 --   send(state, url, headers, body, timeout_ms) --> status, headers, body | nil, err
 --     one POST to the platform; response headers with lower-case names; err an rrpc error
 --     whose `delivered` is honest (the transport knows whether the request left).
@@ -15,20 +15,23 @@
 --     any other HTTP the library does (the ECS metadata service), the way the platform
 --     is reached.
 --   admit(state, call) --> nil | err             before each attempt of a single call:
---     waits for the quota where the transport has one, or refuses (nothing sent).
+--     waits for a slot of the quota (rrpc.quota.wait, within max_quota_wait), or refuses
+--     (nothing sent).
 --   sleep(state, ms)                              between attempts.
 --   pool(state, concurrency) --> pool             for batches:
 --     pool:add(token, url, headers, body, timeout_ms)
 --     pool:run(wait_ms) --> { { token, status, headers, body } | { token, err }, ... }
---       waits up to wait_ms for completions (also when none is in flight)
+--       waits up to wait_ms for completions (also when none is in flight), and no longer
+--       than the quota's own I/O (quota:fd()) takes to be ready
 --     pool:cancel(token) --> true if it was in flight; pool:count() --> calls in flight
 --   limiter(state, qps, burst, now) --> limiter   a batch's pacing: limiter:take(now)
---     --> 0 (go, counted) or seconds to wait.
+--     --> 0 (go, counted) or seconds to wait; within the quota's when there is one.
 --   warn(state, message)                          a line for the operator (a hook that raised).
 --   close(state)
 local core = require "rrpc.core"
 local errors = require "rrpc.errors"
 local limiter = require "rrpc.limiter"
+local quota = require "rrpc.quota"
 
 local curl = {}
 
@@ -40,7 +43,7 @@ function curl.open(settings)
   for _, name in ipairs(SETTINGS) do options[name] = settings[name] end
   local session, refused = core.session(options)
   if not session then return nil, refused end
-  return { options = options, session = session }
+  return { options = options, session = session, quota = settings.quota, max_quota_wait = settings.max_quota_wait }
 end
 
 local function perform(state, method, url, headers, body, timeout_ms)
@@ -55,7 +58,15 @@ end
 
 curl.fetch = perform
 
-function curl.admit() end
+local function sleep(seconds)
+  core.sleep(seconds * 1000)
+end
+
+function curl.admit(state)
+  if state.quota then
+    return quota.wait(state.quota, state.max_quota_wait, { now = core.monotime, sleep = sleep })
+  end
+end
 
 function curl.sleep(_, ms)
   core.sleep(ms)
@@ -70,7 +81,9 @@ function Pool:add(token, url, headers, body, timeout_ms)
 end
 
 function Pool:run(wait_ms)
-  local completions = self.pool:run(wait_ms)
+  local fd, write
+  if self.quota then fd, write = self.quota:fd() end
+  local completions = self.pool:run(wait_ms, fd, write)
   for _, c in ipairs(completions) do
     if not c.status then c.err = errors.network(c.code, c.message, c.sent) end
   end
@@ -96,14 +109,16 @@ function curl.pool(state, concurrency)
   if not kept then
     local options = { max_connections = concurrency }
     for k, v in pairs(state.options) do options[k] = v end
-    kept = setmetatable({ pool = core.pool(options), size = concurrency }, Pool)
+    kept = setmetatable({ pool = core.pool(options), size = concurrency, quota = state.quota }, Pool)
     state.pool = kept
   end
   return kept
 end
 
-function curl.limiter(_, qps, burst, now)
-  return limiter.new(qps, burst, now)
+function curl.limiter(state, qps, burst, now)
+  local own = limiter.new(qps, burst, now)
+  if state.quota then return limiter.within(own, state.quota) end
+  return own
 end
 
 function curl.warn(_, message)

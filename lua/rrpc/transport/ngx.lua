@@ -2,12 +2,15 @@
 -- proxies to the platform with upstream keep-alive and TLS verification, so no worker
 -- ever blocks. Each call's own timeouts reach nginx through the upstream's
 -- balancer_by_lua (rrpc.ngx.balance); the metadata service is fetched through a second
--- internal location. Batches run as light threads; the quota can be shared by every
--- worker through a lua_shared_dict. The contract is lua/rrpc/transport/curl.lua's.
+-- internal location. Batches run as light threads; the client's quota (rrpc.quota: a
+-- lua_shared_dict for every worker, or Redis for every host) is waited for here. The
+-- contract is lua/rrpc/transport/curl.lua's.
 local ngx = ngx
 local semaphore = require "ngx.semaphore"
+local core = require "rrpc.core"
 local errors = require "rrpc.errors"
 local limiter = require "rrpc.limiter"
+local quota = require "rrpc.quota"
 
 local transport = {}
 
@@ -65,8 +68,10 @@ end
 
 local function client_left(rs)
   rs.gone = true
-  for slot in pairs(rs.held) do slot.quota:release(slot.second) end
-  rs.held = {}
+  for slot in pairs(rs.held) do -- emptied in place: the quota's holders refer to it
+    slot.quota:release(slot.second)
+    rs.held[slot] = nil
+  end
   if rs.wake then wake_all(rs.wake) end
   if rs.user_on_abort then return rs.user_on_abort() end
   return ngx.exit(499)
@@ -94,7 +99,7 @@ local function wait(rs, seconds)
 end
 
 --- transport.open(settings) --> state: the settings, with rrpc.ngx's own (location,
--- fetch_location, quota_dict, qps, max_quota_wait)
+-- fetch_location)
 function transport.open(settings)
   return settings
 end
@@ -213,121 +218,32 @@ function Pool:count()
   return self.in_flight
 end
 
--- The quota shared by all workers: calls counted per calendar second, as the platform
--- counts, in a lua_shared_dict. A call reserves a slot in the earliest second that has
--- room (this one or a later one: the count of a second includes the calls waiting for
--- it), then waits for its second. Waits are bounded and first come, first served; a
--- single call whose second would start more than max_quota_wait from now is refused at
--- once, with the time until a slot could be had.
-local Quota = {}
-Quota.__index = Quota
-
--- A call in the last moments of a second is counted in the next, so that it cannot
--- arrive there over the quota.
-local SECOND_END = 0.98
--- Seconds ahead a reservation or the search for a free second may look.
-local MAX_AHEAD = 3600
-
-local function quota_of(state, limit)
-  return setmetatable({ dict = state.quota_dict, limit = limit,
-                        key = "rrpc:" .. (state.access_key_id or "account") .. ":" }, Quota)
+local function client_gone_error(rs)
+  if rs.gone then return errors.client_gone(CLIENT_GONE_MESSAGE) end
 end
 
-local function now()
-  ngx.update_time()
-  return ngx.now()
-end
-
---- quota:reserve(t, budget) --> second | nil, seconds until a slot could be had
--- The earliest second that has room and starts at most `budget` seconds after t.
-function Quota:reserve(t, budget)
-  local s = math.floor(t)
-  if t - s > SECOND_END then s = s + 1 end
-  local dict, limit = self.dict, self.limit
-  local last = s + MAX_AHEAD
-  while s <= last and s - t <= budget do
-    local key = self.key .. s
-    if (dict:get(key) or 0) < limit then
-      local n, err = dict:incr(key, 1, 0, s - t + 2)
-      if not n then error("rrpc.ngx: quota counter: " .. tostring(err)) end
-      if n <= limit then return s end
-      dict:incr(key, -1) -- another worker took the last slot meanwhile
-    end
-    s = s + 1
-  end
-  while s <= last and (dict:get(self.key .. s) or 0) >= limit do s = s + 1 end
-  return nil, math.max(s - t, 0.001)
-end
-
-function Quota:release(second)
-  self.dict:incr(self.key .. second, -1)
-end
-
--- For batches: the batch holds one call while it waits, and that call's reservation.
-local BatchLimiter = {}
-BatchLimiter.__index = BatchLimiter
-
---- limiter:take() --> 0 when the held call may go now, else seconds to wait
-function BatchLimiter:take()
-  local rs = self.rs
-  if rs.gone then return 0 end -- send() refuses it at once
-  local t = now()
-  local slot = self.slot
-  if slot then
-    if t < slot.second then return slot.second - t + 0.001 end
-    self.slot, rs.held[slot] = nil, nil
-    if t - slot.second <= SECOND_END then return 0 end
-    slot.quota:release(slot.second) -- woken too late for its second
-  end
-  local second = self.quota:reserve(t, MAX_AHEAD)
-  if not second then return 1 end
-  if second <= t then return 0 end
-  slot = { quota = self.quota, second = second }
-  self.slot, rs.held[slot] = slot, true
-  return second - t + 0.001
-end
-
--- A batch's `qps` paces it within the client's; the shared count never goes over the
--- client's `qps`.
+-- A batch's own qps paces it within the client's quota; a batch of a client that has gone
+-- lets its next call go at once, and send() refuses it.
 function transport.limiter(state, qps, burst, t)
-  if state.quota_dict then
-    return setmetatable({ quota = quota_of(state, math.min(qps, state.qps)), rs = transport.request_state() },
-                        BatchLimiter)
-  end
-  return limiter.new(qps, burst, t)
+  local own = limiter.new(qps, burst, t)
+  if not state.quota then return own end
+  local rs = transport.request_state()
+  return limiter.within(own, state.quota, { held = rs.held }, function() return rs.gone end)
 end
 
 -- Before each attempt of a single call (client:rrpc, client:request): a slot of the
--- shared quota within max_quota_wait, or an error (nothing is sent).
+-- client's quota within max_quota_wait, or an error (nothing is sent). The wait ends at
+-- once when the client leaves.
 function transport.admit(state)
   local rs = transport.request_state()
   if rs.gone then return errors.client_gone(CLIENT_GONE_MESSAGE) end
-  if not state.quota_dict then return end
-  state.quota = state.quota or quota_of(state, state.qps)
-  local quota = state.quota
-  local started = now()
-  local budget = state.max_quota_wait / 1000
-  local t = started
-  while true do
-    local second, retry_in = quota:reserve(t, budget - (t - started))
-    if not second then
-      local retry_after = math.ceil(retry_in * 1000)
-      return errors.quota_refused(("no slot of the shared quota (%d calls/s) within max_quota_wait (%d ms), "
-        .. "the next in %d ms; not sent"):format(state.qps, state.max_quota_wait, retry_after), retry_after)
-    end
-    local slot = { quota = quota, second = second }
-    rs.held[slot] = true
-    while t < second and not rs.gone do
-      wait(rs, second - t + 0.001)
-      t = now()
-    end
-    if rs.gone then -- client_left gave the slot back
-      return errors.client_gone(CLIENT_GONE_MESSAGE)
-    end
-    rs.held[slot] = nil
-    if t - second <= SECOND_END then return end
-    quota:release(second) -- woken too late for its second: another
-  end
+  if not state.quota then return end
+  return quota.wait(state.quota, state.max_quota_wait, {
+    now = core.monotime,
+    sleep = function(seconds) wait(rs, seconds + 0.001) end,
+    gone = function() return client_gone_error(rs) end,
+    holder = { held = rs.held },
+  })
 end
 
 function transport.warn(_, message)
