@@ -28,7 +28,7 @@ build = {
   type = "builtin",
   modules = {
     ["rrpc.core"] = {
-      sources = { "src/budget.c", "src/class.c", "src/codec.c", "src/core.c", "src/options.c",
+      sources = { "src/budget.c", "src/class.c", "src/codec.c", "src/core.c", "src/digest.c", "src/options.c",
                   "src/pool.c", "src/redis.c", "src/request.c", "src/response.c", "src/session.c", "src/sign.c",
                   "src/system.c", "src/transfer.c", "src/url.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },

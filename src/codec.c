@@ -1,7 +1,6 @@
 /* Percent-encoding (section 2 of the Alibaba signing rules), Base64, hex, SHA-256. */
 #include <string.h>
 #include <openssl/evp.h>
-#include <openssl/sha.h>
 
 #include "rrpc.h"
 
@@ -45,8 +44,9 @@ void rrpc_hex(const unsigned char *in, size_t n, char *out)
 
 void rrpc_sha256_hex(const char *s, size_t n, char out[65])
 {
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)s, n, md);
+    unsigned char md[32];
+    if (!rrpc_sha256(s, n, md))
+        memset(md, 0, sizeof md); /* OpenSSL without SHA-256: the platform refuses the request */
     rrpc_hex(md, sizeof md, out);
 }
 

@@ -36,6 +36,13 @@ int l_percent_encode(lua_State *L);
 int l_b64encode(lua_State *L);
 int l_b64decode(lua_State *L);
 
+/* digest.c: 1 on success */
+#define RRPC_HMAC_SHA1 0
+#define RRPC_HMAC_SHA256 1
+int rrpc_sha256(const void *data, size_t n, unsigned char out[32]);
+int rrpc_hmac(int digest, const void *key, size_t key_len, const void *data, size_t n,
+              unsigned char *out, size_t *out_len);
+
 /* sign.c */
 int l_sign_v1(lua_State *L);
 int l_sign_v3(lua_State *L);

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 #include "sign.h"
 
@@ -97,7 +96,7 @@ void rrpc_push_v1(lua_State *L, const char *method, size_t ml, const struct rrpc
     const char *cqs, *sts, *key;
     size_t cl, tl, kl;
     unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdl = 0;
+    size_t mdl = 0;
 
     luaL_buffinit(L, &b);
     rrpc_add_canonical_query(&b, p, n, "Signature");
@@ -115,7 +114,8 @@ void rrpc_push_v1(lua_State *L, const char *method, size_t ml, const struct rrpc
     lua_pushliteral(L, "&");
     lua_concat(L, 2);
     key = lua_tolstring(L, -1, &kl);
-    HMAC(EVP_sha1(), key, (int)kl, (const unsigned char *)sts, tl, md, &mdl);
+    if (!rrpc_hmac(RRPC_HMAC_SHA1, key, kl, sts, tl, md, &mdl))
+        luaL_error(L, "cannot compute HMAC-SHA1");
     lua_pop(L, 1);
     rrpc_push_b64encode(L, md, mdl);
 }
@@ -159,7 +159,7 @@ void rrpc_push_v3(lua_State *L, const char *method, const char *path, const char
     size_t crl, tl, i;
     char hash[65], signature[2 * EVP_MAX_MD_SIZE + 1];
     unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdl = 0;
+    size_t mdl = 0;
 
     luaL_buffinit(L, &b);
     luaL_addstring(&b, method);
@@ -184,7 +184,8 @@ void rrpc_push_v3(lua_State *L, const char *method, const char *path, const char
     rrpc_sha256_hex(creq, crl, hash);
     sts = lua_pushfstring(L, V3_ALGORITHM "\n%s", hash);
     tl = strlen(sts);
-    HMAC(EVP_sha256(), secret, (int)sl, (const unsigned char *)sts, tl, md, &mdl);
+    if (!rrpc_hmac(RRPC_HMAC_SHA256, secret, sl, sts, tl, md, &mdl))
+        luaL_error(L, "cannot compute HMAC-SHA256");
     rrpc_hex(md, mdl, signature);
 
     luaL_buffinit(L, &b);

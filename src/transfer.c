@@ -211,6 +211,8 @@ void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int
     }
     lua_pushliteral(L, "Expect:"); /* no 100-continue round trip */
     lua_rawseti(L, lines, ++nlines);
+    lua_pushliteral(L, "Accept:"); /* libcurl's catch-all Accept says nothing: fewer bytes */
+    lua_rawseti(L, lines, ++nlines);
     if (!has_type) { /* libcurl would add an unsigned form Content-Type to every POST */
         lua_pushliteral(L, "Content-Type:");
         lua_rawseti(L, lines, ++nlines);

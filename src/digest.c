@@ -1,0 +1,57 @@
+/* SHA-256 and HMAC with OpenSSL's algorithms fetched once per process: the one-shot
+ * SHA256() and HMAC() of OpenSSL 3 look each algorithm up again on every call, a fifth
+ * of what signing a request costs. The fetched algorithms are immutable and shared;
+ * each HMAC gets a context of its own (a copy of a prepared one), so nothing mutable is
+ * shared between calls. */
+#include <string.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
+#include "rrpc.h"
+
+static EVP_MD *sha256;
+static EVP_MAC *hmac;
+static EVP_MAC_CTX *prepared[2]; /* HMAC-SHA1, HMAC-SHA256: the digest set, no key yet */
+
+static const char *DIGEST_NAMES[2] = {"SHA1", "SHA256"};
+
+static int ready(void)
+{
+    int i;
+    if (hmac != NULL)
+        return 1;
+    sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    for (i = 0; i < 2 && hmac != NULL; i++) {
+        OSSL_PARAM params[2];
+        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)DIGEST_NAMES[i], 0);
+        params[1] = OSSL_PARAM_construct_end();
+        prepared[i] = EVP_MAC_CTX_new(hmac);
+        if (prepared[i] == NULL || !EVP_MAC_CTX_set_params(prepared[i], params))
+            return 0;
+    }
+    return sha256 != NULL && hmac != NULL;
+}
+
+int rrpc_sha256(const void *data, size_t n, unsigned char out[32])
+{
+    unsigned int len = 0;
+    return ready() && EVP_Digest(data, n, out, &len, sha256, NULL) && len == 32;
+}
+
+/* digest: RRPC_HMAC_SHA1 or RRPC_HMAC_SHA256; out has room for EVP_MAX_MD_SIZE */
+int rrpc_hmac(int digest, const void *key, size_t key_len, const void *data, size_t n,
+              unsigned char *out, size_t *out_len)
+{
+    EVP_MAC_CTX *ctx;
+    int ok;
+    if (!ready())
+        return 0;
+    ctx = EVP_MAC_CTX_dup(prepared[digest]);
+    /* an empty key is a valid HMAC key; OpenSSL wants a non-NULL pointer for it */
+    ok = ctx != NULL && EVP_MAC_init(ctx, key_len ? key : (const void *)"", key_len, NULL) &&
+         EVP_MAC_update(ctx, data, n) && EVP_MAC_final(ctx, out, out_len, EVP_MAX_MD_SIZE);
+    EVP_MAC_CTX_free(ctx);
+    return ok;
+}
