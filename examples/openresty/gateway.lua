@@ -14,7 +14,9 @@
 -- nginx.conf.in): nothing more is sent for it.
 -- Settings come from the environment: RRPC_ACCESS_KEY_ID, RRPC_ACCESS_KEY_SECRET,
 -- RRPC_ENDPOINT (the platform's or the emulator's), RRPC_IOT_INSTANCE_ID, RRPC_QPS,
--- RRPC_MAX_QUOTA_WAIT (ms).
+-- RRPC_MAX_QUOTA_WAIT (ms); RRPC_QUOTA_REDIS_URL (redis://[:password@]host[:port][/db]):
+-- the quota shared through Redis with every other gateway and process on the same
+-- RRPC_QUOTA_REDIS_KEY (default: the AccessKey ID) instead of this nginx's shared dict.
 local rrpc_ngx = require "rrpc.ngx"
 local cjson = require "cjson.safe"
 
@@ -55,15 +57,22 @@ function gateway.metrics()
   ngx.print(rrpc_ngx.metrics.render(series))
 end
 
+local REDIS_URL = os.getenv("RRPC_QUOTA_REDIS_URL")
+local quota -- this worker's: through Redis when RRPC_QUOTA_REDIS_URL is set
 local client -- one per worker, created on first use
 function gateway.client()
   if not client then
+    if REDIS_URL and REDIS_URL ~= "" then
+      quota = rrpc_ngx.quota.redis { url = REDIS_URL, qps = QPS,
+        key = os.getenv("RRPC_QUOTA_REDIS_KEY") or os.getenv("RRPC_ACCESS_KEY_ID") }
+    end
     client = rrpc_ngx.new(collector:attach {
       access_key_id = os.getenv("RRPC_ACCESS_KEY_ID"),
       access_key_secret = os.getenv("RRPC_ACCESS_KEY_SECRET"),
       endpoint = os.getenv("RRPC_ENDPOINT"),
       iot_instance_id = os.getenv("RRPC_IOT_INSTANCE_ID"),
-      quota_dict = "rrpc_quota",
+      quota = quota,
+      quota_dict = not quota and "rrpc_quota" or nil,
       qps = QPS,
       max_quota_wait = MAX_QUOTA_WAIT,
     })
@@ -189,6 +198,7 @@ function gateway.health()
   ngx.header["X-Gateway-Master-Pid"] = pid_file and pid_file:read("*l")
   if pid_file then pid_file:close() end
   ngx.header["X-Gateway-Worker-Pid"] = ngx.worker.pid()
+  if quota then ngx.header["X-Gateway-Quota"] = (quota:state()) end -- shared | fallback
   ngx.say("ok")
 end
 

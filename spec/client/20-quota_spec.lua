@@ -9,16 +9,13 @@ local core = require "rrpc.core"
 local cjson = require "cjson"
 local emulator = require "emulator"
 local process = require "process"
+local quota_run = require "quota_run"
 local redis_server = require "redis_server"
 local system = require "system"
 
 local KEY, SECRET = "testid", "testsecret"
 local KEY_B, SECRET_B = "LTAI5tRRpcDemoKey", "RRpcDemoSecretNotForProduction"
 local PK = "a1RRpcDemo"
-
-local ROOT = debug.getinfo(1, "S").source:match("^@(.-)/?spec/client/[^/]*$") or ""
-if ROOT == "" then ROOT = "." end
-local VM = rawget(_G, "jit") and "luajit" or ("lua" .. _VERSION:match("%d+%.%d+"))
 
 describe("rrpc.quota: options", function()
   local function message_of(fn)
@@ -133,47 +130,7 @@ describe("rrpc.quota.process", function()
   end)
 end)
 
--- Worker processes (spec/support/quota_worker.lua) started at once, in the background.
-local function start_workers(list)
-  local running = {}
-  for i, w in ipairs(list) do
-    local out, err = os.tmpname(), os.tmpname()
-    local command = ("cd %s && LUA_PATH='./lua/?.lua;./spec/support/?.lua;;' LUA_CPATH='./build/%s/?.so;;' "
-      .. "%s spec/support/quota_worker.lua %s %s %s %s %s %s %s %s"):format(process.quote(ROOT), VM, VM, w.mode,
-      process.quote(w.endpoint), w.key, w.secret, process.quote(cjson.encode(w.quota)), w.seconds, w.device or "echo",
-      w.concurrency or 50)
-    local pid = tonumber(process.output(command .. " </dev/null >" .. out .. " 2>" .. err .. " & echo $!"):match("%d+"))
-    running[i] = { pid = pid, out = out, err = err, started = system.monotime() }
-  end
-  return running
-end
-
--- Waits for each (at most `limit` seconds in all); returns their JSON lines and stderr.
-local function wait_workers(running, limit)
-  local deadline = system.monotime() + limit
-  local results = {}
-  for i, r in ipairs(running) do
-    while process.alive(r.pid) and system.monotime() < deadline do system.sleep(0.05) end
-    assert(not process.alive(r.pid), "worker " .. i .. " still running after " .. limit .. " s")
-    local out = process.read_file(r.out)
-    local ok, doc = pcall(cjson.decode, out:match("[^\n]+") or "")
-    assert(ok and type(doc) == "table", "worker " .. i .. ": " .. out .. process.read_file(r.err))
-    doc.stderr = process.read_file(r.err)
-    doc.took = system.monotime() - r.started
-    results[i] = doc
-    os.remove(r.out)
-    os.remove(r.err)
-  end
-  return results
-end
-
-local function count_lines(text, pattern)
-  local n = 0
-  for line in text:gmatch("[^\n]+") do
-    if line:find(pattern, 1, true) then n = n + 1 end
-  end
-  return n
-end
+local start_workers, wait_workers, count_lines = quota_run.start, quota_run.wait, quota_run.count_lines
 
 describe("rrpc.quota.redis: many processes, one key #slow", function()
   local emu, redis

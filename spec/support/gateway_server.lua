@@ -1,7 +1,8 @@
 -- Starts and stops the OpenResty gateway (examples/openresty/run) for busted specs.
 --
 --   local gateway_server = require "gateway_server"
---   local g = gateway_server.start{ endpoint = emu.url, workers = 1, qps = 1000, include = nil }
+--   local g = gateway_server.start{ endpoint = emu.url, workers = 1, qps = 1000, include = nil,
+--                                   quota_redis = nil, quota_key = nil } -- examples/openresty/run's
 --   -- g.url, g.pid, g.log (access log), g.stderr
 --   g:stop()  -- SIGTERM, wait for the exit; idempotent
 local process = require "process"
@@ -27,9 +28,11 @@ function gateway_server.start(options)
   return process.start_server {
     name = "gateway",
     command = function(port, dir)
-      return ("%s/examples/openresty/run --port %d --endpoint %s --workers %d --qps %d --log %s%s"):format(
+      return ("%s/examples/openresty/run --port %d --endpoint %s --workers %d --qps %d --log %s%s%s%s"):format(
         quote(ROOT), port, quote(options.endpoint), options.workers or 1, options.qps or 1000,
-        quote(dir .. "/access.log"), options.include and (" --include " .. quote(options.include)) or "")
+        quote(dir .. "/access.log"), options.include and (" --include " .. quote(options.include)) or "",
+        options.quota_redis and (" --quota-redis " .. quote(options.quota_redis)) or "",
+        options.quota_key and (" --quota-key " .. quote(options.quota_key)) or "")
     end,
     healthy = answers_health,
     ready = function(port, pid, dir)

@@ -168,13 +168,16 @@ end
 -- Moves a lease in flight on: its reply, or its failure.
 function Redis:progress(now)
   if not self.lease then return end
-  local replies, sent = self.conn:poll()
+  local replies, sent, ours = self.conn:poll()
   if replies == nil then return end
   local lease = self.lease
   self.lease = nil
   self.counts.round_trips = self.counts.round_trips + 1
   local received = core.monotime()
-  if replies == false then return self:failed(now, sent) end
+  if replies == false then
+    if ours then return end
+    return self:failed(now, sent)
+  end
   local last = replies[#replies]
   if lease.loading and replies[1] and not replies[1].err then self.sha = replies[1][1] end
   if last.err then

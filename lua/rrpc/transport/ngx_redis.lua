@@ -90,7 +90,11 @@ end
 
 function Conn:request(commands)
   self.replies, self.sent, self.why = nil, nil, nil
+  local started = core.monotime()
+  self.started = started
   local replies, sent = self:run(commands)
+  if self.started ~= started then return end -- given up meanwhile (below)
+  self.started = nil
   if replies then
     self.replies, self.sent = replies, sent
   else
@@ -98,8 +102,14 @@ function Conn:request(commands)
   end
 end
 
+-- A request whose light thread nginx killed (its client left) never ends: given up after
+-- twice its timeout, as no answer (not a fault of Redis's).
 function Conn:poll()
   if self.why then return false, self.why end
+  if self.started and core.monotime() - self.started > 2 * self.target.timeout_ms / 1000 then
+    self.started = nil
+    return false, "abandoned", true
+  end
   return self.replies, self.sent
 end
 

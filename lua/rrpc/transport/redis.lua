@@ -10,9 +10,11 @@
 --   conn:request(commands)                     sends the commands (each an array of
 --     strings), after AUTH and SELECT on a new connection; inside nginx it runs to its
 --     end (only the calling light thread waits)
---   conn:poll() --> nil (under way) | replies, sent | false, why
+--   conn:poll() --> nil (under way) | replies, sent | false, why [, true]
 --     replies[i] = { value } or { err = "Redis's error" }; sent: core.monotime() just
---     before the commands went out; why: connect, I/O, timeout or a refused AUTH/SELECT
+--     before the commands went out; why: connect, I/O, timeout or a refused AUTH/SELECT;
+--     true after it: the request was given up for a reason of the caller's (inside nginx,
+--     a light thread killed with its request), not a fault of Redis's
 --   conn:fd() --> fd, write | nil              the socket, while a request is under way
 --   conn:wait(seconds)                         until the socket is ready, or seconds
 --   conn:close()
