@@ -136,6 +136,57 @@ describe("emulator", function()
     refused(404, "InvalidAction.NotFound", v1_params(RRPC, { Action = "Reboot" }))
   end)
 
+  it("burns the nonce of a well-signed request that a later check refuses", function()
+    for _, case in ipairs { { 404, "InvalidAction.NotFound", { Action = "Reboot" } },
+                            { 400, "InvalidVersion", { Version = "2017-04-20" } } } do
+      local params = v1_params(RRPC, case[3])
+      refused(case[1], case[2], params)
+      params.Signature = nil
+      refused(400, "SignatureNonceUsed", params)
+    end
+  end)
+
+  it("refuses a decoded payload over 256 KB with a code of its own", function()
+    local exact = string.rep("\255", 256 * 1024)
+    local status, doc = send_v1(v1_params(RRPC, { RequestBase64Byte = rrpc.b64encode(exact) }))
+    assert.equal(200, status)
+    assert.equal("SUCCESS", doc.RrpcCode)
+    local over = rrpc.b64encode(exact .. "x")
+    refused(200, "iot.messagebroker.MessageContentIsTooLarge", v1_params(RRPC, { RequestBase64Byte = over }))
+    refused(200, "iot.messagebroker.MessageContentIsTooLarge", v1_params({ Action = "Pub", ProductKey = "a1RRpcDemo",
+      TopicFullName = "/a1RRpcDemo/echo/user/get", MessageContent = over }))
+  end)
+
+  it("answers XML to a V1 request without Format, or with Format=XML", function()
+    local headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
+    local function send_xml(params)
+      params.Signature = rrpc.sign_v1("POST", params, SECRET)
+      local status, response_headers, body = session:perform("POST", emu.url .. "/", headers, form(params), 5000)
+      return status, response_headers, body
+    end
+    for _, format in ipairs { false, "XML", "xml" } do
+      local status, response_headers, body = send_xml(v1_params(RRPC, { Format = format }))
+      assert.equal(200, status)
+      assert.equal("text/xml;charset=utf-8", response_headers["content-type"])
+      assert.matches("^<%?xml version='1.0' encoding='UTF%-8'%?><RRpcResponse><RequestId>[%x%-]+</RequestId>"
+        .. "<MessageId>%d+</MessageId>", body)
+      assert.matches("<PayloadBase64Byte>cGluZw==</PayloadBase64Byte><RrpcCode>SUCCESS</RrpcCode>"
+        .. "<Success>true</Success></RRpcResponse>$", body)
+    end
+    local status, _, body = send_xml(v1_params(RRPC, { Format = false, Timeout = 1 }))
+    assert.equal(200, status)
+    assert.matches("<Code>iot.messagebroker.InvalidTimeoutValue</Code>", body, 1, true)
+    assert.matches("<Success>false</Success>", body, 1, true)
+    status, _, body = send_xml(v1_params(RRPC, { Format = false, AccessKeyId = "nobody" }))
+    assert.equal(404, status)
+    assert.matches("^<%?xml[^>]*%?><Error><RequestId>[%x%-]+</RequestId><HostId>[^<]*</HostId>"
+      .. "<Code>InvalidAccessKeyId.NotFound</Code><Message>[^<]+</Message></Error>$", body)
+    -- JSON as before with any other Format
+    local json_status, doc = send_v1(v1_params(RRPC, { Format = "JSON" }))
+    assert.equal(200, json_status)
+    assert.equal("SUCCESS", doc.RrpcCode)
+  end)
+
   describe("V3", function()
     local function send_v3(body, override_headers)
       local headers = {

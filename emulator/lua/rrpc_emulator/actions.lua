@@ -26,6 +26,9 @@ local function parse_timeout(text)
   return timeout_ms
 end
 
+-- The platform's MQTT message limit, on the decoded bytes.
+local MAX_CONTENT_BYTES = 256 * 1024
+
 -- Strict standard Base64: the alphabet, a length that is a multiple of 4 and
 -- "=" padding only at the end.
 local function decode_content(text)
@@ -36,7 +39,23 @@ local function decode_content(text)
   if not bytes then
     refuse("iot.messagebroker.MessageContentIsNotBase64Encode", "The message content is not Base64-encoded.")
   end
+  if #bytes > MAX_CONTENT_BYTES then
+    refuse("iot.messagebroker.MessageContentIsTooLarge",
+      "The message content is " .. #bytes .. " bytes once decoded, more than 262144 (256 KB).")
+  end
   return bytes
+end
+
+-- A topic is printable ASCII without the MQTT wildcards + and #, at most 1024 bytes (it
+-- goes to the broker as it is).
+local MAX_TOPIC_BYTES = 1024
+
+local function check_topic(topic, prefix, format)
+  if #topic <= #prefix or #topic > MAX_TOPIC_BYTES or topic:sub(1, #prefix) ~= prefix
+     or topic:find("[^\33-\126]") or topic:find("[+#]") then
+    refuse("iot.messagebroker.InvalidFormattedTopicName", "The topic must be " .. format
+      .. ": printable ASCII without + and #, at most " .. MAX_TOPIC_BYTES .. " bytes.")
+  end
 end
 
 -- Products of an instance are only found with its IotInstanceId; products of
@@ -64,11 +83,11 @@ function actions.RRpc(params, registry)
   local timeout_ms = parse_timeout(params.Timeout)
   local request = decode_content(params.RequestBase64Byte)
   local topic = params.Topic
-  if topic and topic ~= "" then
-    local prefix = "/" .. product_key .. "/" .. device_name .. "/user/"
-    if #topic <= #prefix or topic:sub(1, #prefix) ~= prefix then
-      refuse("iot.messagebroker.InvalidFormattedTopicName", "The topic must be /<ProductKey>/<DeviceName>/user/<name>.")
-    end
+  if topic == "" then
+    topic = nil
+  end
+  if topic then
+    check_topic(topic, "/" .. product_key .. "/" .. device_name .. "/user/", "/<ProductKey>/<DeviceName>/user/<name>")
   end
   local device = find_product(registry, params).devices[device_name]
   if not device then
@@ -83,10 +102,7 @@ end
 function actions.Pub(params, registry)
   require_params(params, { "ProductKey", "TopicFullName", "MessageContent" })
   decode_content(params.MessageContent)
-  local prefix = "/" .. params.ProductKey .. "/"
-  if params.TopicFullName:sub(1, #prefix) ~= prefix then
-    refuse("iot.messagebroker.InvalidFormattedTopicName", "The topic must start with /<ProductKey>/.")
-  end
+  check_topic(params.TopicFullName, "/" .. params.ProductKey .. "/", "/<ProductKey>/...")
   find_product(registry, params)
   return reply.json({ Success = true }, "SUCCESS", reply.next_message_id())
 end

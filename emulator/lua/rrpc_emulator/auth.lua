@@ -12,9 +12,10 @@ local API_VERSION = "2018-01-20"
 local MAX_CLOCK_SKEW_S = 15 * 60
 local NONCE_TTL_S = 15 * 60
 
+-- Format is optional: without it the platform answers XML (handler.lua).
 local V1_REQUIRED = {
   "AccessKeyId", "Signature", "SignatureMethod", "SignatureVersion", "SignatureNonce",
-  "Timestamp", "Version", "Action", "Format",
+  "Timestamp", "Version", "Action",
 }
 
 local V3_REQUIRED = {
@@ -77,7 +78,8 @@ local function check_time(key, text)
   end
 end
 
--- Called only once the signature is verified, so a rejected request does not burn its nonce.
+-- Called as soon as the signature is verified, so a request with a bad signature does not
+-- burn its nonce, and one with a good signature does even when a later check refuses it.
 -- The dict key is a 16-byte MD5: with it an entry takes 128 bytes of the shared
 -- dict, with the plain text 256. A full dict drops its oldest nonces.
 local function claim_nonce(key_id, nonce)
@@ -106,7 +108,6 @@ local function authenticate_v1(request, registry, known_actions, note)
   if params.SignatureVersion ~= "1.0" then
     reject_incomplete("SignatureVersion must be 1.0.")
   end
-  check_api(params.Version, params.Action, known_actions)
   local key = find_key(registry, params.AccessKeyId, params.SecurityToken)
   check_time(key, params.Timestamp)
   local string_to_sign = sign.v1_string_to_sign(request.method, params)
@@ -114,6 +115,7 @@ local function authenticate_v1(request, registry, known_actions, note)
     reject_mismatch(string_to_sign)
   end
   claim_nonce(params.AccessKeyId, params.SignatureNonce)
+  check_api(params.Version, params.Action, known_actions)
   return params.Action, params.AccessKeyId, key
 end
 
@@ -195,7 +197,6 @@ local function authenticate_v3(request, registry, known_actions, note)
       reply.reject_missing(camel_case(name))
     end
   end
-  check_api(headers["x-acs-version"], headers["x-acs-action"], known_actions)
   local key = find_key(registry, fields.Credential, single_header(request, "x-acs-security-token"))
   check_time(key, headers["x-acs-date"])
   local body_sha256 = crypto.sha256_hex(request.body)
@@ -214,6 +215,7 @@ local function authenticate_v3(request, registry, known_actions, note)
     reject_mismatch(string_to_sign)
   end
   claim_nonce(fields.Credential, headers["x-acs-signature-nonce"])
+  check_api(headers["x-acs-version"], headers["x-acs-action"], known_actions)
   return headers["x-acs-action"], fields.Credential, key
 end
 

@@ -84,8 +84,16 @@ local function note(field, value)
   end
 end
 
+-- A V1 request without Format (or with Format=XML) gets XML, as the platform answers it;
+-- V3 is answered in JSON.
+local function wants_xml(request)
+  local format = request.params.Format
+  return not request.headers.authorization and (format == nil or format == "" or format:upper() == "XML")
+end
+
 local function process_api()
   local request = read_request()
+  ngx.ctx.rrpc_xml = wants_xml(request)
   -- before any check: a copy with a used nonce is refused, but it did arrive
   local arrival = arrivals.count(request)
   if arrival then

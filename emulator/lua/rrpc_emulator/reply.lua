@@ -5,6 +5,7 @@ local ffi = require "ffi"
 local crypto = require "rrpc_emulator.crypto"
 
 local JSON_TYPE = "application/json;charset=utf-8"
+local XML_TYPE = "text/xml;charset=utf-8"
 local EPOCH_2010_MS = 1262304000000
 
 local reply = {}
@@ -102,16 +103,55 @@ function reply.from_rejection(rejection)
   }
 end
 
--- The status and headers of the platform's JSON answers. The access log pairs the ids the
--- client got (rid=, mid=), to check that it kept the MessageId exact.
-function reply.json_headers(status, request_id, message_id)
+-- The status and headers of the platform's JSON answers (XML ones with `content_type`). The
+-- access log pairs the ids the client got (rid=, mid=), to check that it kept the MessageId exact.
+function reply.json_headers(status, request_id, message_id, content_type)
   ngx.status = status
-  ngx.header["Content-Type"] = JSON_TYPE
+  ngx.header["Content-Type"] = content_type or JSON_TYPE
   ngx.header["x-acs-request-id"] = request_id
   ngx.var.rrpc_rid = request_id
   if message_id then
     ngx.var.rrpc_mid = message_id
   end
+end
+
+local XML_ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&apos;" }
+
+local function xml_text(value)
+  -- control characters other than tab and newlines are not allowed in XML 1.0
+  return (tostring(value):gsub("[&<>\"']", XML_ESCAPES):gsub("[%z\1-\8\11\12\14-\31]", "?"))
+end
+
+-- The platform's XML form of an answer: <{Action}Response> for HTTP 200 (Success true or
+-- false), <Error> with RequestId, HostId, Code and Message otherwise.
+local function xml_body(outcome, request_id)
+  local fields, parts = outcome.fields, { "<?xml version='1.0' encoding='UTF-8'?>" }
+  local action = ngx.var.rrpc_action
+  local root = outcome.status == 200 and (action ~= "-" and action or "") .. "Response" or "Error"
+  local function element(name, value)
+    parts[#parts + 1] = "<" .. name .. ">" .. xml_text(value) .. "</" .. name .. ">"
+  end
+  parts[#parts + 1] = "<" .. root .. ">"
+  element("RequestId", request_id)
+  if root == "Error" then
+    element("HostId", ngx.var.host or "")
+    element("Code", fields.Code)
+    element("Message", fields.Message)
+  else
+    if outcome.message_id then
+      element("MessageId", outcome.message_id)
+    end
+    local names = {}
+    for name in pairs(fields) do
+      names[#names + 1] = name
+    end
+    table.sort(names)
+    for _, name in ipairs(names) do
+      element(name, fields[name])
+    end
+  end
+  parts[#parts + 1] = "</" .. root .. ">"
+  return table.concat(parts)
 end
 
 function reply.send(outcome, request_id)
@@ -129,9 +169,13 @@ function reply.send(outcome, request_id)
     ngx.print(outcome.html)
     return
   end
-  reply.json_headers(outcome.status, request_id, outcome.message_id)
+  local xml = ngx.ctx.rrpc_xml
+  reply.json_headers(outcome.status, request_id, outcome.message_id, xml and XML_TYPE)
   for name, value in pairs(outcome.headers or {}) do
     ngx.header[name] = value
+  end
+  if xml then
+    return ngx.print(xml_body(outcome, request_id))
   end
   outcome.fields.RequestId = request_id
   local body = cjson.encode(outcome.fields)
