@@ -18,6 +18,10 @@ packages=(
   nginx libnginx-mod-http-lua               # the emulator (nginx with its Lua module)
   redis-server libhiredis-dev lua-nginx-redis # rrpc.quota.redis: the server for the specs,
                                             # hiredis for rrpc.core, lua-resty-redis in nginx
+  mosquitto mosquitto-clients              # the emulator's MQTT broker (--mqtt-port) and the specs'
+                                            # device clients (mosquitto_pub, mosquitto_sub)
+  mosquitto-dev libmosquitto-dev libcjson-dev # its broker plugin (emulator/mqtt): the plugin API,
+                                            # the client library's header, the registry's JSON
   curl ca-certificates procps               # the specs' readiness checks and process control
   python3-prometheus-client                 # the specs read rrpc.metrics with Prometheus's parser
   clang libclang-rt-dev llvm valgrind       # make fuzz, make check-memory: clang with its

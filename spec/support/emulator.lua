@@ -19,6 +19,11 @@
 --   e:kill()                -- SIGKILL to the master and its workers, by PID; then e:stop()
 --   emulator.start{ port = e.port }  -- again on the same port
 --
+--   -- With the MQTT broker (emulator/run --mqtt-port), for devices with behaviour "mqtt":
+--   local e = emulator.start{ mqtt = true }
+--   -- e.mqtt_port, e.mqtt_url ("mqtt://127.0.0.1:<port>"), e.broker_pid; ready once every
+--   -- worker is connected to the broker; e:stop() also waits for the broker to be gone
+--
 -- nginx writes an access-log line just after it has sent the response, so a
 -- spec that reads the log right after a request may have to wait briefly.
 local cjson = require "cjson"
@@ -36,13 +41,6 @@ if ROOT == "" then
   ROOT = "."
 end
 
--- The health check answers with the nginx master PID, so an emulator that was
--- already listening on the port is not mistaken for ours. `url` is the base URL;
--- HTTPS is checked without verifying the certificate (-k): specs test that.
-local function answers_health(url, pid)
-  local headers = process.output("curl -s -k -m 1 -o /dev/null -D - " .. url .. "/__emulator/health")
-  return headers:match("^HTTP/%S+ 200") ~= nil and headers:lower():match("\nx%-emulator%-pid: (%d+)") == tostring(pid)
-end
 
 -- The HTTPS listener takes the neighbouring port, the vanish listener the next one: all
 -- are retried if taken.
@@ -54,19 +52,39 @@ local function vanish_port_of(port)
   return port < 45000 and port + 2 or port - 2
 end
 
+local function mqtt_port_of(port)
+  return port < 45000 and port + 3 or port - 3
+end
+
+-- The health check's headers (lower-cased), or nil without an answer. `url` is the base
+-- URL; HTTPS is checked without verifying the certificate (-k): specs test that.
+local function health_headers(url)
+  local headers = process.output("curl -s -k -m 1 -o /dev/null -D - " .. url .. "/__emulator/health"):lower()
+  return headers:match("^http/%S+ 200") and headers or nil
+end
+
+-- The health check answers with the nginx master PID, so an emulator that was
+-- already listening on the port is not mistaken for ours.
+local function answers_health(url, pid)
+  local headers = health_headers(url)
+  return headers ~= nil and headers:match("\nx%-emulator%-pid: (%d+)") == tostring(pid)
+end
+
 local Emulator = {}
 Emulator.__index = Emulator
 
 -- options: devices (default emulator/devices.json in the repository), workers (default 1),
 -- tls = { cert = PEM file, key = PEM file } (default none: no HTTPS listener),
--- vanish = true (a vanish listener too, default none), port (default: a free one).
+-- vanish = true (a vanish listener too, default none), mqtt = true (the MQTT broker too,
+-- default none), port (default: a free one).
 function emulator.start(options)
   options = options or {}
   if options.tls and not (options.tls.cert and options.tls.key) then
     error("emulator.start: tls needs cert and key", 2)
   end
   local devices = options.devices or ROOT .. "/emulator/devices.json"
-  local tls, vanish = options.tls, options.vanish
+  local tls, vanish, mqtt = options.tls, options.vanish, options.mqtt
+  local workers = options.workers or 1
   -- a given port replaces the random one process.start_server draws
   local function port_of(drawn)
     return options.port or drawn
@@ -78,18 +96,23 @@ function emulator.start(options)
       local tls_options = tls and string.format(" --tls-port %d --tls-cert %s --tls-key %s",
         tls_port_of(port), quote(tls.cert), quote(tls.key)) or ""
       local vanish_options = vanish and string.format(" --vanish-port %d", vanish_port_of(port)) or ""
-      return string.format("%s/emulator/run --port %d --devices %s --workers %d --log %s%s%s",
-        quote(ROOT), port, quote(devices), options.workers or 1, quote(dir .. "/access.log"), tls_options,
-        vanish_options)
+      local mqtt_options = mqtt and string.format(" --mqtt-port %d", mqtt_port_of(port)) or ""
+      return string.format("%s/emulator/run --port %d --devices %s --workers %d --log %s%s%s%s",
+        quote(ROOT), port, quote(devices), workers, quote(dir .. "/access.log"), tls_options,
+        vanish_options, mqtt_options)
     end,
     healthy = function(drawn, pid)
       local port = port_of(drawn)
       return answers_health("http://127.0.0.1:" .. port, pid)
         and (not tls or answers_health("https://127.0.0.1:" .. tls_port_of(port), pid))
         and (not vanish or answers_health("http://127.0.0.1:" .. vanish_port_of(port), pid))
+        and (not mqtt or (health_headers("http://127.0.0.1:" .. port) or ""):match("\nx%-emulator%-mqtt: (%d+)/")
+                         == tostring(workers))
     end,
     ready = function(drawn, pid, dir)
       local port = port_of(drawn)
+      local broker_pid = mqtt and tonumber((health_headers("http://127.0.0.1:" .. port) or "")
+        :match("\nx%-emulator%-broker%-pid: (%d+)"))
       return setmetatable({
         url = "http://127.0.0.1:" .. port,
         port = port,
@@ -97,6 +120,9 @@ function emulator.start(options)
         tls_port = tls and tls_port_of(port),
         vanish_url = vanish and "http://127.0.0.1:" .. vanish_port_of(port),
         vanish_port = vanish and vanish_port_of(port),
+        mqtt_port = mqtt and mqtt_port_of(port),
+        mqtt_url = mqtt and "mqtt://127.0.0.1:" .. mqtt_port_of(port),
+        broker_pid = broker_pid,
         pid = pid,
         log = dir .. "/access.log",
         stderr = dir .. "/stderr.log",
@@ -181,6 +207,11 @@ function Emulator:stop()
   self.stopped = true
   if not self.killed then
     process.terminate(self.pid)
+  end
+  -- the kernel has sent the broker SIGTERM as nginx's master ended (emulator/run)
+  local deadline = system.monotime() + 5
+  while self.broker_pid and process.alive(self.broker_pid) and system.monotime() < deadline do
+    system.sleep(0.02)
   end
   suite_log.keep("emulator", { self.log, self.stderr })
   os.execute("rm -rf " .. quote(self.dir))

@@ -1,5 +1,6 @@
 -- The API actions the emulator implements, keyed by Action name. Each gets the
 -- merged API parameters and the registry and returns an outcome (reply.lua).
+local broker = require "rrpc_emulator.broker"
 local devices = require "rrpc_emulator.devices"
 local reply = require "rrpc_emulator.reply"
 
@@ -96,14 +97,23 @@ function actions.RRpc(params, registry)
   if device.active == false then
     refuse("iot.device.InactiveDevice", "The specified device is inactive.")
   end
-  return devices.answer(device, request, timeout_ms)
+  return devices.answer(device, request, timeout_ms,
+    { product_key = product_key, device_name = device_name, topic = topic })
 end
 
+-- With --mqtt-port the message goes to the broker on TopicFullName, with the Qos asked
+-- for (1, else 0), to whichever client subscribes to it.
 function actions.Pub(params, registry)
   require_params(params, { "ProductKey", "TopicFullName", "MessageContent" })
-  decode_content(params.MessageContent)
+  local bytes = decode_content(params.MessageContent)
   check_topic(params.TopicFullName, "/" .. params.ProductKey .. "/", "/<ProductKey>/...")
   find_product(registry, params)
+  if broker.enabled() then
+    local sent = broker.publish(params.TopicFullName, bytes, params.Qos == "1" and 1 or 0)
+    if not sent then
+      refuse("iot.messagebroker.PublishMessageFailed", "Failed to publish the message: the broker is not reachable.")
+    end
+  end
   return reply.json({ Success = true }, "SUCCESS", reply.next_message_id())
 end
 

@@ -1,6 +1,8 @@
 -- What the simulated devices do with an RRpc request once the platform has
 -- accepted it: one function per registry `behaviour`, optionally delayed by a
--- `latency` distribution and replaced at random by a fault (`fault_rate`).
+-- `latency` distribution and replaced at random by a fault (`fault_rate`). A device with
+-- behaviour `mqtt` is a real client of the emulator's broker (broker.lua).
+local broker = require "rrpc_emulator.broker"
 local hostile = require "rrpc_emulator.hostile"
 local latency = require "rrpc_emulator.latency"
 local reply = require "rrpc_emulator.reply"
@@ -16,7 +18,7 @@ devices.transforms = {
 
 -- Behaviours whose answer is a device state, which `error_style` can turn
 -- into the platform's other form (Success:false, Code iot.messagebroker.<STATE>).
-devices.state_behaviours = { slow = true, offline = true, halfconn = true, silent = true }
+devices.state_behaviours = { slow = true, offline = true, halfconn = true, silent = true, mqtt = true }
 
 -- Behaviours that set their own timing, so a `latency` would only add to it.
 devices.timed_behaviours = { slow = true, silent = true, hang = true }
@@ -53,12 +55,12 @@ end
 
 local success = reply.success
 
-local function state(device, rrpc_code, with_message_id)
+-- A device state; `message_id` nil for none (OFFLINE).
+local function state(device, rrpc_code, message_id)
   if device.error_style then
     reject(200, "iot.messagebroker." .. rrpc_code, STATE_MESSAGES[rrpc_code])
   end
-  return reply.json({ Success = true, RrpcCode = rrpc_code }, rrpc_code,
-    with_message_id and reply.next_message_id() or nil)
+  return reply.json({ Success = true, RrpcCode = rrpc_code }, rrpc_code, message_id)
 end
 
 -- Waits `delay_ms`; a device later than the request's Timeout gets the
@@ -66,13 +68,13 @@ end
 local function wait(device, delay_ms, timeout_ms)
   if delay_ms >= timeout_ms then
     sleep_ms(timeout_ms)
-    return state(device, "TIMEOUT", true)
+    return state(device, "TIMEOUT", reply.next_message_id())
   end
   sleep_ms(delay_ms)
 end
 
--- Each behaviour gets (device, request_bytes, timeout_ms) and returns an
--- outcome or throws a rejection.
+-- Each behaviour gets (device, request_bytes, timeout_ms, call) and returns an outcome or
+-- throws a rejection; `call` is { product_key, device_name, topic (the custom Topic or nil) }.
 devices.behaviours = {
   echo = function(_, request)
     return success(request)
@@ -84,17 +86,28 @@ devices.behaviours = {
     return wait(device, device.latency_ms, timeout_ms) or success(request)
   end,
   offline = function(device)
-    return state(device, "OFFLINE", false)
+    return state(device, "OFFLINE")
   end,
   halfconn = function(device)
-    return state(device, "HALFCONN", true)
+    return state(device, "HALFCONN", reply.next_message_id())
   end,
   silent = function(device, _, timeout_ms)
     sleep_ms(timeout_ms)
-    return state(device, "TIMEOUT", true)
+    return state(device, "TIMEOUT", reply.next_message_id())
   end,
   unknown = function(device)
-    return state(device, "UNKNOWN", true)
+    return state(device, "UNKNOWN", reply.next_message_id())
+  end,
+  -- Whatever client is connected as the device answers; without --mqtt-port none can be.
+  mqtt = function(device, request, timeout_ms, call)
+    if not broker.enabled() then
+      return state(device, "OFFLINE")
+    end
+    local code, message_id, answer = broker.rrpc(call.product_key, call.device_name, call.topic, request, timeout_ms)
+    if code == "SUCCESS" then
+      return success(answer, message_id)
+    end
+    return state(device, code, message_id)
   end,
   throttled = function()
     reply.reject_throttled(1000)
@@ -128,7 +141,7 @@ for name, behaviour in pairs(hostile.behaviours) do
 end
 
 -- The latency comes first, so a fault arrives after it too.
-function devices.answer(device, request, timeout_ms)
+function devices.answer(device, request, timeout_ms, call)
   if device.latency then
     local timed_out = wait(device, latency.draw(device.latency), timeout_ms)
     if timed_out then
@@ -140,7 +153,7 @@ function devices.answer(device, request, timeout_ms)
     local faults = device.faults or devices.default_faults
     behaviour = faults[math.random(#faults)]
   end
-  return devices.behaviours[behaviour](device, request, timeout_ms)
+  return devices.behaviours[behaviour](device, request, timeout_ms, call)
 end
 
 return devices

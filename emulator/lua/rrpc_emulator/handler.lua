@@ -6,6 +6,7 @@ local ngx_process = require "ngx.process"
 local actions = require "rrpc_emulator.actions"
 local arrivals = require "rrpc_emulator.arrivals"
 local auth = require "rrpc_emulator.auth"
+local broker = require "rrpc_emulator.broker"
 local metadata = require "rrpc_emulator.metadata"
 local registry_loader = require "rrpc_emulator.registry"
 local reply = require "rrpc_emulator.reply"
@@ -19,10 +20,17 @@ local handler = {}
 local registry
 
 -- Runs in init_by_lua (the master process, at start and at each reload): a bad registry
--- stops nginx. With --vanish-port, the vanish listener's address (vanish.lua).
-function handler.init(devices_path, vanish_host, vanish_port)
+-- stops nginx. With --vanish-port, the vanish listener's address (vanish.lua); with
+-- --mqtt-port, the broker's address and the emulator's credentials there (broker.lua).
+local mqtt_broker_pid
+
+function handler.init(devices_path, vanish_host, vanish_port, mqtt)
   registry = registry_loader.load(devices_path)
   vanish.configure(vanish_host, vanish_port)
+  if mqtt then
+    broker.configure(mqtt.host, mqtt.port, mqtt.user, mqtt.password)
+    mqtt_broker_pid = mqtt.broker_pid
+  end
 end
 
 -- Runs in each worker: without a seed of their own, all workers would draw the
@@ -31,6 +39,7 @@ end
 function handler.init_worker()
   math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
   vanish.init_worker()
+  broker.init_worker()
 end
 
 -- Adds decoded arguments to `params`; a name given twice is refused rather
@@ -146,12 +155,18 @@ end
 
 -- The master PID lets a test harness tell its own emulator from another one
 -- that already listens on the port it tried. With --vanish-port, x-emulator-vanish says
--- whether the vanish listener is back ("listening") or a vanish is under way.
+-- whether the vanish listener is back ("listening") or a vanish is under way. With
+-- --mqtt-port, x-emulator-broker-pid is the broker's PID and x-emulator-mqtt says how many
+-- workers have their connection to it up ("2/2").
 function handler.health()
   ngx.header["Content-Type"] = "text/plain"
   ngx.header["x-emulator-pid"] = ngx_process.get_master_pid()
   if vanish.enabled() then
     ngx.header["x-emulator-vanish"] = vanish.phase()
+  end
+  if broker.enabled() then
+    ngx.header["x-emulator-broker-pid"] = mqtt_broker_pid
+    ngx.header["x-emulator-mqtt"] = broker.connected_workers() .. "/" .. ngx.worker.count()
   end
   ngx.print("ok")
 end

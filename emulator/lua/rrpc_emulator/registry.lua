@@ -149,6 +149,7 @@ local DEVICE_FIELDS = {
   },
   error_style = { check = boolean, description = "true or false" },
   active = { check = boolean, description = "true or false" },
+  secret = { check = non_empty_string, description = "a non-empty string (the DeviceSecret)" },
   latency = { check = is_object, description = 'an object such as {"dist": "fixed", "ms": 200}' },
   fault_rate = {
     check = function(value) return type(value) == "number" and value >= 0 and value <= 1 end,
@@ -195,6 +196,9 @@ local function check_faults(path, where, faults)
   end
 end
 
+-- The platform's characters for DeviceNames (and more than it allows in ProductKeys).
+local MQTT_NAME = "^[%w%-_@.:]+$"
+
 local function check_device(path, where, device)
   check_fields(path, where, device, DEVICE_FIELDS)
   local behaviour = device.behaviour
@@ -206,6 +210,9 @@ local function check_device(path, where, device)
   end
   if (behaviour == "vanish") ~= (device.refuse_ms ~= nil) then
     problem(path, where .. ".refuse_ms", 'is required with behaviour "vanish" and only there')
+  end
+  if (behaviour == "mqtt") ~= (device.secret ~= nil) then
+    problem(path, where .. ".secret", 'is required with behaviour "mqtt" and only there')
   end
   if (behaviour == "slow") ~= (device.latency_ms ~= nil) then
     problem(path, where .. ".latency_ms", 'is required with behaviour "slow" and only there')
@@ -289,6 +296,11 @@ function registry.load(path)
     end
     for device_name, device in pairs(product.devices) do
       check_device(path, where .. ".devices." .. device_name, device)
+      -- the names of a real device make its topics and its "<dn>&<pk>" MQTT user name
+      if device.behaviour == "mqtt" and not (product_key:find(MQTT_NAME) and device_name:find(MQTT_NAME)) then
+        problem(path, where .. ".devices." .. device_name,
+          "a device with behaviour \"mqtt\" needs a ProductKey and DeviceName of letters, digits and -_@.: only")
+      end
     end
   end
 
