@@ -90,7 +90,7 @@ gateway:
 	bash scripts/gateway.sh
 
 emulator:
-	emulator/run $(if $(PORT),--port $(PORT)) $(if $(DEVICES),--devices $(DEVICES))
+	emulator/run $(if $(PORT),--port $(PORT)) $(if $(DEVICES),--devices $(DEVICES)) $(if $(MQTT_PORT),--mqtt-port $(MQTT_PORT))
 
 install: build
 	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/transport $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/quota
@@ -105,6 +105,8 @@ install: build
 	install -m 0755 emulator/run $(DESTDIR)$(PREFIX)/share/rrpc/emulator/run
 	install -m 0644 emulator/nginx.conf.in emulator/devices.json emulator/README.md $(DESTDIR)$(PREFIX)/share/rrpc/emulator/
 	install -m 0644 emulator/lua/rrpc_emulator/*.lua $(DESTDIR)$(PREFIX)/share/rrpc/emulator/lua/rrpc_emulator/
+	# the MQTT broker's plugin, which emulator/run --mqtt-port builds at start-up
+	install -D -m 0644 emulator/mqtt/rrpc_plugin.c $(DESTDIR)$(PREFIX)/share/rrpc/emulator/mqtt/rrpc_plugin.c
 
 uninstall:
 	rm -rf $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc $(DESTDIR)$(LUA_MODULE_DIR)/rrpc $(DESTDIR)$(LUA_MODULE_DIR)/rrpc.lua
