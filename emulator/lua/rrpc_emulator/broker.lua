@@ -24,7 +24,8 @@ local SEND_TIMEOUT_MS = 10000
 -- how often the reader, idle, looks whether the worker is exiting or the writer failed
 local READ_TIMEOUT_MS = 1000
 local KEEPALIVE_S = 60
-local RECONNECT_DELAY_S = 0.2
+-- after a lost connection; doubled after each failed attempt, up to the maximum
+local RECONNECT_DELAY_S, MAX_RECONNECT_DELAY_S = 0.2, 5
 -- a handler waits this long for the connection to come back, and for a round trip
 local WAIT_FOR_LINK_S = 1
 local SWEEP_INTERVAL_S = 1
@@ -231,12 +232,12 @@ local function open()
   return nil, err
 end
 
--- One connection's life.
+-- One connection's life; false when it could not be opened.
 local function serve()
   local sock, rest = open()
   if not sock then
     ngx.log(ngx.ERR, "rrpc emulator: cannot connect to the MQTT broker at ", config.host, ":", config.port, ": ", rest)
-    return
+    return false
   end
   local l = { sock = sock, alive = true, queue = {}, queued = 0, wakeup = semaphore.new(), pings = {}, packet_id = 0 }
   link = l
@@ -261,17 +262,20 @@ local function serve()
   for _, waiter in ipairs(l.pings) do
     if waiter then waiter:post(1) end
   end
+  return true
 end
 
 local function run(premature)
+  local delay = RECONNECT_DELAY_S
   while not premature and not ngx.worker.exiting() do
-    local ok, err = pcall(serve)
+    local ok, served = pcall(serve)
     if not ok then
       link = nil
-      ngx.log(ngx.ERR, "rrpc emulator: the MQTT connection failed: ", err)
+      ngx.log(ngx.ERR, "rrpc emulator: the MQTT connection failed: ", served)
     end
     if ngx.worker.exiting() then break end
-    ngx.sleep(RECONNECT_DELAY_S)
+    delay = (ok and served) and RECONNECT_DELAY_S or math.min(delay * 2, MAX_RECONNECT_DELAY_S)
+    ngx.sleep(delay)
   end
 end
 
