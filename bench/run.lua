@@ -3,6 +3,8 @@
 local cjson = require "cjson"
 local emulator = require "emulator"
 local gateway_server = require "gateway_server"
+local quota_run = require "quota_run"
+local redis_server = require "redis_server"
 
 local SEQUENTIAL_CALLS = tonumber(os.getenv("BENCH_SEQUENTIAL_CALLS") or 1000)
 local SIGN_CALLS = tonumber(os.getenv("BENCH_SIGN_CALLS") or 20000)
@@ -11,6 +13,8 @@ local BATCH_CALLS = tonumber(os.getenv("BENCH_BATCH_CALLS") or 10000)
 local CONCURRENCY, QPS, DEVICE_LATENCY_S = 1000, 1000, 0.2
 local PK, ECHO, D200 = "a1RRpcDemo", "echo", "d200"
 local BENCH_PK = "a1Bench"
+-- 5. processes sharing one quota through Redis (rrpc.quota.redis)
+local SHARED_PROCESSES, SHARED_SECONDS = 4, tonumber(os.getenv("BENCH_SHARED_SECONDS") or 10)
 
 local emu -- the emulator every client talks to
 
@@ -32,7 +36,7 @@ end
 local function lua_client(...)
   local argv = { ... }
   for i, a in ipairs(argv) do argv[i] = ("'%s'"):format(a) end
-  return run_json("LUA_PATH='./lua/?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/client.lua "
+  return run_json("LUA_PATH='./lua/?.lua;./spec/support/?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/client.lua "
     .. table.concat(argv, " "))
 end
 
@@ -194,6 +198,40 @@ local ok, failure = pcall(function()
   say("| rrpc.each -> emulator | %.0f | %d | 1.00 |", direct_run.calls / direct_run.wall_s, direct_run.ok)
   say("| HTTP -> gateway (rrpc.ngx) -> emulator | %.0f | %d | %.2f |", through.calls / through.wall_s, through.ok,
     (through.calls / through.wall_s) / (direct_run.calls / direct_run.wall_s))
+
+  -- 5. processes sharing the account's quota through Redis, each a batch with demand
+  -- above the whole quota, on the key whose quota the emulator enforces
+  local redis = redis_server.start {}
+  local shared_ok, shared = pcall(function()
+    http_get(emu.url .. "/__emulator/stats/reset", "POST")
+    local list = {}
+    for i = 1, SHARED_PROCESSES do
+      list[i] = { mode = "batch", endpoint = emu.url, key = "bench-key", secret = "benchsecret", seconds = SHARED_SECONDS,
+                  concurrency = 100, quota = { url = redis.url, key = "bench-account", qps = QPS } }
+    end
+    local results = quota_run.wait(quota_run.start(list), SHARED_SECONDS + 30)
+    os.execute("sleep 0.3")
+    local stats = cjson.decode(http_get(emu.url .. "/__emulator/stats")).keys["bench-key"]
+    local ok, round_trips, throttled, fallback = 0, 0, 0, 0
+    for _, r in ipairs(results) do
+      ok = ok + r.ok
+      round_trips = round_trips + r.stats.round_trips
+      throttled = throttled + (r.codes["Throttling.User"] or 0)
+      fallback = fallback + r.stats.fallback_sends
+    end
+    return { peak = stats.max_per_second, total = stats.total, ok = ok, round_trips = round_trips,
+             throttled = throttled, fallback = fallback }
+  end)
+  redis:stop()
+  if not shared_ok then error(shared, 0) end
+  local shared_ideal = QPS * SHARED_SECONDS
+  say("")
+  say("5. One quota across processes (rrpc.quota.redis): %d processes sharing %d/s for %d s, a batch each",
+    SHARED_PROCESSES, QPS, SHARED_SECONDS)
+  say("")
+  say("busiest second at the emulator %d (quota %d); total %d of the ideal %d (%.3f); %.3f Redis round trips per call;"
+    .. " %d throttled by the platform, %d sent on a fallback.", shared.peak, QPS, shared.total, shared_ideal,
+    shared.total / shared_ideal, shared.round_trips / math.max(shared.ok, 1), shared.throttled, shared.fallback)
 end)
 emu:stop()
 if not ok then error(failure, 0) end

@@ -47,12 +47,13 @@ limits.MAX_QUOTA_WAIT = { min = 0, max = 60000, default = 1000 }     -- ms
 -- Quotas (rrpc.quota): one limit shared by every call of a client, or of many hosts
 limits.QUOTA_QPS_RANGE = { min = 1, max = 1000000, default = limits.QUOTA_QPS }
 -- Redis (rrpc.quota.redis). Slots are leased in blocks of at most QUOTA_BLOCK_SECONDS of
--- the quota and never more than QUOTA_LOOK_AHEAD ahead of Redis's clock; a slot is sent at
+-- the quota, a block only when its first slot is at most QUOTA_LOOK_AHEAD ahead of Redis's
+-- clock; a slot is sent at
 -- or after its time and dropped when it could not be sent within QUOTA_GRACE of it. Slots
 -- are spaced (1 + QUOTA_GRACE + QUOTA_COUNT_JITTER) / qps apart, so that any second of the
 -- platform's counting holds at most qps of them (README, "Many hosts, one quota").
 limits.QUOTA_BLOCK_SECONDS = 0.02
-limits.QUOTA_LOOK_AHEAD = 0.05            -- s
+limits.QUOTA_LOOK_AHEAD = 0.1             -- s
 limits.QUOTA_GRACE = 0.015                -- s
 limits.QUOTA_COUNT_JITTER = 0.01          -- s between our send and the platform's count
 limits.QUOTA_REDIS_TIMEOUT = { min = 1, max = 60000, default = 200 } -- ms: connect, and each reply

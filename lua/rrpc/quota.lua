@@ -166,6 +166,8 @@ quota.REDIS_OPTIONS = {
   timeout = { type = "integer", range = limits.QUOTA_REDIS_TIMEOUT },
   username = { type = "string" },
   password = { type = "string" },
+  -- rediss://: the name Redis's certificate is checked for (default: the URL's host)
+  server_name = { type = "string" },
   on_state = { type = "function" },
 }
 
@@ -184,6 +186,7 @@ function quota.redis_with(opts, link, fname, level)
   target.username = opts.username or target.username
   target.password = opts.password or target.password
   target.timeout_ms = opts.timeout or limits.QUOTA_REDIS_TIMEOUT.default
+  target.server_name = opts.server_name or target.host
   local refused = link.refuses(target)
   if refused then args.raise(fname, 1, refused, level + 1) end
   return require("rrpc.quota.redis").new {
@@ -193,7 +196,7 @@ function quota.redis_with(opts, link, fname, level)
 end
 
 --- rrpc.quota.redis{ url =, key =, qps = 1000, fallback_qps = qps / 8, timeout = 200,
---                    username =, password =, on_state = function(state, why) } --> quota
+--                    username =, password =, server_name =, on_state = function(state, why, line) }
 -- In plain Lua, through hiredis (rrpc.core); inside nginx use rrpc.ngx.quota.redis.
 function quota.redis(opts)
   if rawget(_G, "ngx") then

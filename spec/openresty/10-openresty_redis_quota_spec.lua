@@ -10,6 +10,7 @@ local process = require "process"
 local quota_run = require "quota_run"
 local redis_server = require "redis_server"
 local system = require "system"
+local tls = require "tls"
 
 local PK = "a1RRpcDemo"
 -- the gateway's key (examples/openresty/run's default), the Lua processes' too
@@ -207,5 +208,61 @@ describe("OpenResty gateway with a wrong Redis password #openresty #slow", funct
     -- 10 calls at the fallback of 40 / 8 = 5 calls/s
     system.sleep(0.3)
     assert.is_true(key_stats(emu).max_per_second <= 6, "busiest second: " .. key_stats(emu).max_per_second)
+  end)
+end)
+
+describe("rrpc_ngx.quota.redis over TLS (rediss://) #openresty #slow", function()
+  local emu, redis, gw, certs, include
+
+  setup(function()
+    certs = tls.generate()
+    emu = emulator.start {}
+    redis = redis_server.start { tls = { cert = certs.cert, key = certs.key, ca = certs.ca_file } }
+    include = os.tmpname()
+    process.write_file(include, ([[
+      lua_ssl_trusted_certificate %s;
+      location = /__spec/tls-quota {
+        content_by_lua_block {
+          local rrpc_ngx = require "rrpc.ngx"
+          local q = rrpc_ngx.quota.redis { url = ngx.var.arg_url, key = "tls", qps = 40,
+                                           server_name = ngx.var.arg_name }
+          local c = rrpc_ngx.new { access_key_id = "LTAI5tRRpcDemoKey", access_key_secret = "RRpcDemoSecretNotForProduction",
+                                   endpoint = os.getenv("RRPC_ENDPOINT"), quota = q }
+          local res, err = c:rrpc { product_key = "a1RRpcDemo", device_name = "echo", payload = "tls" }
+          local state, why = q:state()
+          ngx.print(require("cjson").encode { ok = res ~= nil, err = err and err.code, state = state, why = why or "",
+                                              round_trips = q:stats().round_trips })
+        }
+      }
+    ]]):format(certs.ca_file))
+    gw = gateway_server.start { endpoint = emu.url, include = include }
+  end)
+
+  teardown(function()
+    gw:stop()
+    redis:stop()
+    emu:stop()
+    os.remove(include)
+    tls.remove(certs)
+  end)
+
+  local function ask(name)
+    local session = http.session {}
+    local status, _, body = session:perform("GET", gw.url .. "/__spec/tls-quota?url=" .. redis.url .. "&name=" .. name,
+      {}, "", 5000)
+    session:close()
+    assert.equal(200, status, tostring(body) .. process.read_file(gw.stderr))
+    return cjson.decode(body)
+  end
+
+  it("leases over TLS, verifying Redis's certificate and name; a wrong name is a fallback, said why", function()
+    local good = ask("localhost")
+    assert.is_true(good.ok, good.err)
+    assert.equal("shared", good.state, good.why)
+    assert.is_true(good.round_trips >= 1)
+    local wrong = ask("wrong.example")
+    assert.is_true(wrong.ok, wrong.err) -- on its fallback
+    assert.equal("fallback", wrong.state)
+    assert.matches("TLS handshake with Redis failed", wrong.why, 1, true)
   end)
 end)

@@ -3,6 +3,8 @@
 --
 --   local redis_server = require "redis_server"
 --   local r = redis_server.start{ password = nil }   -- r.url ("redis://127.0.0.1:<port>/0"), r.port, r.pid
+--   -- TLS only (certificates: spec/support/tls.lua): r.url is "rediss://127.0.0.1:<port>/0"
+--   local r = redis_server.start{ tls = { cert =, key =, ca = } }
 --   r:cli("GET", "k")   -- redis-cli's output
 --   r:kill()            -- SIGKILL, by PID; r:restart() starts it again on the same port
 --   r:pause() / r:resume()   -- SIGSTOP / SIGCONT: a Redis that answers nothing, then again
@@ -17,25 +19,32 @@ local quote = process.quote
 local Redis = {}
 Redis.__index = Redis
 
-local function cli_command(port, password)
-  return ("redis-cli -h 127.0.0.1 -p %d%s"):format(port, password and (" --no-auth-warning -a " .. quote(password)) or "")
+local function cli_command(port, options)
+  return ("redis-cli -h 127.0.0.1 -p %d%s%s"):format(port,
+    options.password and (" --no-auth-warning -a " .. quote(options.password)) or "",
+    options.tls and (" --tls --cacert " .. quote(options.tls.ca)) or "")
 end
 
 local function launch(options, port)
   return process.start_server {
     name = "redis",
     command = function(drawn, dir)
-      return ("cd %s && exec redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no --dir %s%s"):format(
-        quote(dir), port or drawn, quote(dir), options.password and (" --requirepass " .. quote(options.password)) or "")
+      local tls = options.tls
+      local listen = tls and ("--port 0 --tls-port %d --tls-cert-file %s --tls-key-file %s --tls-ca-cert-file %s "
+        .. "--tls-auth-clients no"):format(port or drawn, quote(tls.cert), quote(tls.key), quote(tls.ca))
+        or ("--port %d"):format(port or drawn)
+      return ("cd %s && exec redis-server %s --bind 127.0.0.1 --save '' --appendonly no --dir %s%s"):format(
+        quote(dir), listen, quote(dir), options.password and (" --requirepass " .. quote(options.password)) or "")
     end,
     healthy = function(drawn, pid)
-      local out = process.output(cli_command(port or drawn, options.password) .. " INFO server 2>&1")
+      local out = process.output(cli_command(port or drawn, options) .. " INFO server 2>&1")
       return out:match("process_id:(%d+)") == tostring(pid)
     end,
     ready = function(drawn, pid, dir)
       local p = port or drawn
       return setmetatable({ port = p, pid = pid, dir = dir, options = options,
-        url = ("redis://%s127.0.0.1:%d/0"):format(options.password and (":" .. options.password .. "@") or "", p),
+        url = ("%s://%s127.0.0.1:%d/0"):format(options.tls and "rediss" or "redis",
+          options.password and (":" .. options.password .. "@") or "", p),
       }, Redis)
     end,
   }
@@ -48,7 +57,7 @@ end
 function Redis:cli(...)
   local argv = {}
   for i, a in ipairs { ... } do argv[i] = quote(tostring(a)) end
-  return process.output(cli_command(self.port, self.options.password) .. " " .. table.concat(argv, " ") .. " 2>&1")
+  return process.output(cli_command(self.port, self.options) .. " " .. table.concat(argv, " ") .. " 2>&1")
 end
 
 local function wait_gone(pid)

@@ -2,9 +2,10 @@
 -- GCRA (the generic cell rate algorithm) over Redis's own clock, leased in small blocks.
 --
 -- One Lua script per lease (EVALSHA, atomic in Redis) reads Redis's clock (TIME), takes
--- the key's theoretical arrival time TAT (at least now), hands out up to n slots at TAT,
--- TAT + I, TAT + 2I, ... while a slot is at most LOOK_AHEAD after now, stores the new TAT
--- and answers { now, first slot, count }. Slots are spaced I = (1 + GRACE + JITTER) / qps.
+-- the key's theoretical arrival time TAT (at least now) and, when TAT is at most
+-- LOOK_AHEAD after now, hands out n slots at TAT, TAT + I, TAT + 2I, ..., stores the new
+-- TAT and answers { now, first slot, count } (count 0: ask again when TAT is within
+-- LOOK_AHEAD). Slots are spaced I = (1 + GRACE + JITTER) / qps.
 --
 -- The host brackets Redis's clock between the lease's send (s) and its reply (r), in its
 -- own monotonic clock: slot j is sent no earlier than r + (slot_j - now) and no later than
@@ -46,9 +47,9 @@ if hold > 0 and redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[2], '1', 'PX', math.ceil(hold / 1000))
 end
 local first, count = tat, 0
-while count < n and tat <= now + ahead do
-  tat = tat + interval
-  count = count + 1
+if tat <= now + ahead then
+  count = n
+  tat = tat + n * interval
 end
 if tat > now then
   redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
@@ -117,9 +118,15 @@ function Redis:failed(now, why)
   end
 end
 
--- Sends a lease for `want` slots (a probe, with the hold, when on the fallback).
+-- Sends a lease for `want` slots (a probe, with the hold, when on the fallback). While
+-- the slots leased are all used, each lease asks for twice as many, up to a block; each
+-- slot dropped unused halves it.
 function Redis:ask(now)
   local rejoin = self.mode == "fallback"
+  if self.asked and self.counts.expired == self.expired_at_ask then
+    self.want = math.min(self.block, self.want * 2)
+  end
+  self.asked, self.expired_at_ask = true, self.counts.expired
   local tail = { tostring(self.want), ("%.3f"):format(self.interval_us), ("%.0f"):format(LOOK_AHEAD * 1e6),
                  rejoin and ("%.0f"):format(self.hold * 1e6) or "0" }
   local keys = self.keys
@@ -225,10 +232,9 @@ function Redis:take(now)
       if wait <= 0 then return used(self, now) end
       return wait
     end
-    -- none left while there is demand: more next time
+    -- none left while there is demand
     if self.lease then return POLL_S end
     if now < self.next_ask then return self.next_ask - now end
-    self.want = math.min(self.block, self.want * 2)
     self:ask(now)
     if self.mode == "fallback" then return self:take(now) end
     if self.lease then return POLL_S end

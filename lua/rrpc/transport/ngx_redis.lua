@@ -2,8 +2,8 @@
 -- `nginx.redis`; OpenResty's `resty.redis`) on cosockets, its connections kept alive in
 -- nginx's pool (set_keepalive). A request runs to its end in the light thread that makes
 -- it; the worker goes on. The contract is transport/redis.lua's. rediss:// makes a TLS
--- handshake on each new connection, verifying the certificate against nginx.conf's
--- lua_ssl_trusted_certificate.
+-- handshake on each new connection, verifying the certificate, for target.server_name,
+-- against nginx.conf's lua_ssl_trusted_certificate.
 local ngx = ngx
 local core = require "rrpc.core"
 local limits = require "rrpc.limits"
@@ -25,7 +25,8 @@ Conn.__index = Conn
 function M.open(target)
   -- connections differ by what AUTH and SELECT made of them
   local pool = ("rrpc_quota:%s:%d:%d:%s:%s:%s"):format(target.host, target.port, target.db,
-    target.username or "", target.password and ngx.md5(target.password) or "", target.tls and "tls" or "tcp")
+    target.username or "", target.password and ngx.md5(target.password) or "",
+    target.tls and ("tls:" .. target.server_name) or "tcp")
   return setmetatable({ target = target, pool = pool }, Conn)
 end
 
@@ -43,7 +44,7 @@ function Conn:run(commands)
   if (red:get_reused_times() or 0) == 0 then
     if target.tls then
       -- lua-resty-redis 0.27 has no TLS option of its own: the handshake on its socket
-      ok, err = rawget(red, "_sock"):sslhandshake(nil, target.host, true)
+      ok, err = rawget(red, "_sock"):sslhandshake(nil, target.server_name, true)
       if not ok then
         red:close()
         return nil, "TLS handshake with Redis failed: " .. tostring(err)

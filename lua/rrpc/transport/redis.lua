@@ -4,7 +4,8 @@
 --
 -- The contract of a Redis link (transport/ngx_redis.lua keeps it inside nginx):
 --   refuses(target) --> nil | message          a target this world cannot reach, naming
---     the option (target: host, port, db, username, password, tls, timeout_ms)
+--     the option (target: host, port, db, username, password, tls, server_name,
+--     timeout_ms)
 --   log(message)                               a line for the operator
 --   open(target) --> conn                      nothing is sent yet
 --   conn:request(commands)                     sends the commands (each an array of
