@@ -15,6 +15,8 @@
 --     ahead (shared_dict) keeps the caller's reservation; horizon: how many seconds ahead
 --     such a reservation may be made (default: as far as it takes).
 --   q:drop(holder)                gives back what holder holds
+--   q:pending() --> bool          whether the quota is asking for slots (a Redis lease in
+--     flight): what take() answers then is only when to look again
 --   q:fd() --> fd, write | nil    a socket of the quota's own I/O to watch while it waits
 --     for it (a batch's pool wakes on it)
 --   q:idle(seconds, sleep)        waits up to seconds, less when the quota's I/O is ready
@@ -39,6 +41,7 @@ local function none() end
 function quota.class(methods)
   methods.__index = methods
   methods.drop = methods.drop or none
+  methods.pending = methods.pending or function() return false end
   methods.fd = methods.fd or none
   methods.close = methods.close or none
   methods.idle = methods.idle or function(_, seconds, sleep) sleep(seconds) end
@@ -83,7 +86,8 @@ end
 --- quota.wait(q, max_wait_ms, env) --> nil (a slot: send now) | err (nothing sent)
 -- Before each attempt of a single call. env: now() (core.monotime), sleep(seconds),
 -- gone() --> err | nil (the caller has left), holder. A slot that cannot come within
--- max_wait_ms fails at once as Throttling.Quota, with retry_after.
+-- max_wait_ms fails at once as Throttling.Quota, with retry_after; while the quota is
+-- still asking (a Redis lease, bounded by its timeout) the call waits for the answer.
 function quota.wait(q, max_wait_ms, env)
   local holder = env.holder or {}
   local started = env.now()
@@ -98,7 +102,7 @@ function quota.wait(q, max_wait_ms, env)
     local left = math.max(budget - (t - started), 0)
     local wait = q:take(t, holder, left)
     if wait == 0 then return nil end
-    if wait > left then
+    if wait - left > 0.001 and not q:pending() then -- max_quota_wait is in whole ms
       q:drop(holder)
       local retry_after = math.max(1, math.ceil(wait * 1000))
       return errors.quota_refused(("no slot of the shared quota (%d calls/s) within max_quota_wait (%d ms), "

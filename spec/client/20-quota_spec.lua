@@ -183,6 +183,23 @@ describe("rrpc.quota.redis: many processes, one key #slow", function()
     assert.is_true(round_trips / ok < 0.6, ("%.2f round trips per call"):format(round_trips / ok))
   end)
 
+  it("lets a single call with max_quota_wait = 0 wait for the lease's answer, not for a slot", function()
+    local q = rrpc.quota.redis { url = redis.url, key = "no-wait", qps = 100 }
+    local c = rrpc.new { access_key_id = KEY, access_key_secret = SECRET, endpoint = emu.url, quota = q,
+                         max_quota_wait = 0 }
+    local ok = 0
+    for i = 1, 20 do
+      local res, err = c:rrpc { product_key = PK, device_name = "echo", payload = "nw" .. i }
+      if res then ok = ok + 1 else assert.equal("Throttling.Quota", err.code) end
+      system.sleep(0.02) -- 10 ms between slots at 100/s
+    end
+    c:close()
+    q:close()
+    -- each on the answer of a lease, or on a slot that was there; none waits for a later one
+    assert.is_true(ok >= 15, "sent " .. ok)
+    assert.equal("shared", (q:state()))
+  end)
+
   it("keeps two keys side by side, each to its own qps", function()
     reset()
     local QPS, SECONDS = 120, 3

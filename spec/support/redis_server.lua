@@ -33,7 +33,9 @@ local function launch(options, port)
       local listen = tls and ("--port 0 --tls-port %d --tls-cert-file %s --tls-key-file %s --tls-ca-cert-file %s "
         .. "--tls-auth-clients no"):format(port or drawn, quote(tls.cert), quote(tls.key), quote(tls.ca))
         or ("--port %d"):format(port or drawn)
-      return ("cd %s && exec redis-server %s --bind 127.0.0.1 --save '' --appendonly no --dir %s%s"):format(
+      -- its log on standard error, where process.start_server looks for a port in use
+      return ("cd %s && exec redis-server %s --bind 127.0.0.1 --save '' --appendonly no --dir %s --logfile /dev/stderr%s")
+        :format(
         quote(dir), listen, quote(dir), options.password and (" --requirepass " .. quote(options.password)) or "")
     end,
     healthy = function(drawn, pid)

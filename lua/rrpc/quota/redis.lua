@@ -210,7 +210,10 @@ local function used(self, now)
 end
 
 function Redis:take(now)
-  self:progress(now)
+  if self.lease then
+    self:progress(now)
+    now = core.monotime() -- a slot the reply just gave may be due already
+  end
   if self.mode == "fallback" then
     if not self.lease and now >= self.next_probe then self:ask(now) end
     if self.mode == "fallback" then
@@ -240,6 +243,10 @@ function Redis:take(now)
     if self.lease then return POLL_S end
   end
   return POLL_S
+end
+
+function Redis:pending()
+  return self.lease ~= nil
 end
 
 function Redis:fd()

@@ -44,7 +44,9 @@ function Conn:run(commands)
   if (red:get_reused_times() or 0) == 0 then
     if target.tls then
       -- lua-resty-redis 0.27 has no TLS option of its own: the handshake on its socket
-      ok, err = rawget(red, "_sock"):sslhandshake(nil, target.server_name, true)
+      -- (false: no session to keep; asking for one trips an assertion of resty.core's
+      -- when the handshake fails)
+      ok, err = rawget(red, "_sock"):sslhandshake(false, target.server_name, true)
       if not ok then
         red:close()
         return nil, "TLS handshake with Redis failed: " .. tostring(err)
