@@ -8,7 +8,9 @@ local credentials = require "rrpc.credentials"
 local errors = require "rrpc.errors"
 local quota = require "rrpc.quota"
 local metrics = require "rrpc.metrics"
+local limits = require "rrpc.limits"
 local retry = require "rrpc.retry"
+local signals = require "rrpc.signals"
 
 return {
   _NAME = "rrpc",
@@ -19,12 +21,16 @@ return {
   sign_v1 = core.sign_v1,
   sign_v3 = core.sign_v3,
   is_error = errors.is_error,
+  monotime = core.monotime,
   new = client.new,
+  check_request = client.check_request,
   batch = batch.batch,
   each = batch.each,
   check_batch = batch.check,
   retry = retry,
   credentials = credentials,
   quota = quota,
+  signals = signals,
+  limits = limits,
   metrics = metrics,
 }

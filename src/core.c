@@ -23,6 +23,11 @@ int luaopen_rrpc_core(lua_State *L)
         {"platform", l_platform},
         {"monotime", l_monotime},
         {"sleep", l_sleep},
+        {"watch_signals", l_watch_signals},
+        {"unwatch_signals", l_unwatch_signals},
+        {"take_signals", l_take_signals},
+        {"wait_signals", l_wait_signals},
+        {"signal_number", l_signal_number},
         {NULL, NULL},
     };
 

@@ -227,7 +227,8 @@ static int collect(lua_State *L, struct pool *p, int results, int n)
     return n;
 }
 
-/* Waits up to wait_ms for a ready socket or libcurl's timer, and lets libcurl act. */
+/* Waits up to wait_ms for a ready socket or libcurl's timer, and lets libcurl act. A
+ * signal ends the wait early (epoll_wait is never restarted). */
 static void drive(struct pool *p, long long wait_ms)
 {
     struct epoll_event events[EVENTS_PER_WAIT];
@@ -285,7 +286,8 @@ static void unwatch(struct pool *p)
  * Drives the transfers; waits up to wait_ms when none has finished yet (also when none
  * is in flight, so it doubles as the batch scheduler's sleep). With fd, it also returns
  * as soon as that socket of the caller's is readable (or writable, with write): a Redis
- * lease in flight (rrpc.quota.redis) is answered while the transfers go on. */
+ * lease in flight (rrpc.quota.redis) is answered while the transfers go on. It returns
+ * early too when a watched signal arrives (signal.c), so that the batch can act on it. */
 static int pool_run(lua_State *L)
 {
     struct pool *p = check_pool(L);
@@ -293,7 +295,7 @@ static int pool_run(lua_State *L)
     lua_Integer watch_fd = luaL_optinteger(L, 3, -1);
     int watch_write = lua_toboolean(L, 4);
     long long until;
-    int n;
+    int n, signals = rrpc_signals_arrived();
     luaL_argcheck(L, wait_ms >= 0 && wait_ms <= 600000, 2, "wait must be in 0..600000 ms");
     luaL_argcheck(L, watch_fd >= -1 && watch_fd <= 1 << 30, 3, "a file descriptor expected");
     lua_settop(L, 2);
@@ -302,7 +304,7 @@ static int pool_run(lua_State *L)
     watch(p, (int)watch_fd, watch_write);
     drive(p, 0);
     n = collect(L, p, 3, 0);
-    while (n == 0 && !p->watch_ready && now_ms() < until) {
+    while (n == 0 && !p->watch_ready && now_ms() < until && rrpc_signals_arrived() == signals) {
         drive(p, until - now_ms());
         n = collect(L, p, 3, n);
     }

@@ -1,6 +1,7 @@
 /* A signed RRpc (or any Iot action) request: the URL, the headers and the body, built in
- * the steps the signing documents describe (ALIBABA-API.md, "Signatures"). Every request
- * draws a fresh nonce and timestamp. */
+ * the steps the signing documents describe (ALIBABA-API.md, "Signatures"), and the
+ * intermediate strings of those steps. Every request draws a fresh nonce and timestamp
+ * unless it is given its own (to show what a given request signed). */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -18,10 +19,12 @@ struct request {
     const char *endpoint, *host, *action, *version, *key_id, *secret, *token, *region;
     size_t secret_len;
     int v1, in_body;
-    char nonce[33], timestamp[21];
+    const char *nonce, *timestamp; /* drawn into the buffers below, or the caller's */
+    char drawn_nonce[33], drawn_timestamp[21];
     struct rrpc_kv *params; /* the API's, then the common ones: room for V1_COMMON_PARAMS */
     size_t n;
     int headers;            /* stack index of the headers table */
+    int steps;              /* stack index of the table of intermediate strings */
 };
 
 static int draw_nonce(char out[33])
@@ -67,7 +70,8 @@ static void set_header(lua_State *L, int headers, const char *name, const char *
 }
 
 /* Step 0: the fields of the argument table, the nonce and the time; the API parameters
- * (two values pushed: their array and its anchors), and an empty headers table. */
+ * (two values pushed: their array and its anchors), an empty headers table and an empty
+ * steps table. */
 static void read_request(lua_State *L, struct request *r)
 {
     const char *signature, *placement;
@@ -91,9 +95,17 @@ static void read_request(lua_State *L, struct request *r)
     lua_getfield(L, 1, "access_key_secret");
     lua_tolstring(L, -1, &r->secret_len);
     lua_pop(L, 1);
-    if (!draw_nonce(r->nonce))
-        luaL_error(L, "cannot draw random bytes for a nonce");
-    utc_now(r->timestamp);
+    r->nonce = rrpc_opt_string(L, 1, "nonce", NULL);
+    r->timestamp = rrpc_opt_string(L, 1, "timestamp", NULL);
+    if (r->nonce == NULL) {
+        if (!draw_nonce(r->drawn_nonce))
+            luaL_error(L, "cannot draw random bytes for a nonce");
+        r->nonce = r->drawn_nonce;
+    }
+    if (r->timestamp == NULL) {
+        utc_now(r->drawn_timestamp);
+        r->timestamp = r->drawn_timestamp;
+    }
 
     lua_settop(L, 1);
     lua_getfield(L, 1, "params");
@@ -101,6 +113,8 @@ static void read_request(lua_State *L, struct request *r)
     r->params = rrpc_collect_params(L, lua_gettop(L), "params", V1_COMMON_PARAMS, &r->n);
     lua_newtable(L);
     r->headers = lua_gettop(L);
+    lua_newtable(L);
+    r->steps = lua_gettop(L);
 }
 
 /* V1, steps 1-2: the common parameters join the API's, all sorted by name. */
@@ -132,6 +146,10 @@ static void push_v1_form(lua_State *L, struct request *r)
     rrpc_push_v1(L, "POST", 4, r->params, r->n, r->secret, r->secret_len);
     signature = lua_tolstring(L, -1, &sigl);
     canonical = lua_tolstring(L, -3, &cl);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, r->steps, "string_to_sign");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, r->steps, "signature");
     luaL_buffinit(L, &b);
     luaL_addlstring(&b, canonical, cl);
     luaL_addstring(&b, "&Signature=");
@@ -174,12 +192,15 @@ static void push_v3_form(lua_State *L, struct request *r)
                  r->key_id, r->secret, r->secret_len); /* canonical request, sts, authorization */
     for (i = 0; i < nh; i++)
         set_header(L, r->headers, h[i].k, h[i].v);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, r->steps, "authorization");
     lua_setfield(L, r->headers, "authorization");
-    lua_pop(L, 2);
+    lua_setfield(L, r->steps, "string_to_sign");
+    lua_setfield(L, r->steps, "canonical_request");
 }
 
-/* The form goes in the body, or after the endpoint as the query. Pops the form; pushes
- * url, headers, body. */
+/* The form goes in the body, or after the endpoint as the query. Pushes url, headers,
+ * body, steps. */
 static int push_url_headers_body(lua_State *L, struct request *r)
 {
     size_t fl;
@@ -198,12 +219,15 @@ static int push_url_headers_body(lua_State *L, struct request *r)
         lua_pushvalue(L, -3);
     else
         lua_pushliteral(L, "");
-    return 3;
+    lua_pushvalue(L, r->steps);
+    return 4;
 }
 
 /* build_request{ endpoint=, host=, action=, version=, params=, access_key_id=,
  *   access_key_secret=, security_token=, region_id=, signature="v1"|"v3",
- *   placement="body"|"query" } --> url, headers, body */
+ *   placement="body"|"query", timestamp=, nonce= } --> url, headers, body, steps
+ * steps: V1 { string_to_sign, signature }, V3 { canonical_request, string_to_sign,
+ * authorization }; timestamp ("2026-01-02T03:04:05Z") and nonce: drawn when absent. */
 int l_build_request(lua_State *L)
 {
     struct request r;

@@ -76,6 +76,14 @@ int rrpc_find_member_number(const char *s, size_t n, const char *key,
                             size_t *start, size_t *len);
 void rrpc_push_decode_response(lua_State *L);
 
+/* signal.c: deferred signals; rrpc_signals_arrived() counts every arrival */
+int rrpc_signals_arrived(void);
+int l_watch_signals(lua_State *L);
+int l_unwatch_signals(lua_State *L);
+int l_take_signals(lua_State *L);
+int l_wait_signals(lua_State *L);
+int l_signal_number(lua_State *L);
+
 /* system.c */
 int l_platform(lua_State *L);
 int l_monotime(lua_State *L);

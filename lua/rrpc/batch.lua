@@ -1,7 +1,8 @@
 -- Many RRpc calls from one client: up to `concurrency` in flight on the client's pool of
 -- kept-alive connections (libcurl multi), at most `qps` per second, retried by a policy,
--- ended by an optional deadline. rrpc.each streams outcomes as they complete; rrpc.batch
--- collects them in input order. Every request read is accounted for exactly once.
+-- ended by an optional deadline, or stopped by the caller (should_stop: drained, then
+-- cancelled). rrpc.each streams outcomes as they complete; rrpc.batch collects them in
+-- input order. Every request read is accounted for exactly once.
 local core = require "rrpc.core"
 local args = require "rrpc.args"
 local client = require "rrpc.client"
@@ -18,8 +19,10 @@ local OPTIONS = {
   retry = { type = "any", check = function(value) return select(2, retry.option(value)) end },
   deadline_ms = { type = "integer", range = limits.DEADLINE },
   on_progress = { type = "function" },
+  should_stop = { type = "function" },
   defaults = { type = "table" },
 }
+local STOP_MODES = { drain = true, cancel = true }
 local PROGRESS_INTERVAL = limits.PROGRESS_INTERVAL
 local MAX_WAIT_MS = limits.MAX_WAIT_MS
 
@@ -64,9 +67,10 @@ local function start(c, requests, opts, fname, level)
     limiter = transport.limiter(state, qps, opts.burst or math.max(1, math.floor(qps / 10)), now),
     deadline = opts.deadline_ms and now + opts.deadline_ms / 1000,
     on_progress = opts.on_progress, last_progress = now, started = now,
+    should_stop = opts.should_stop, stopping = nil,
     in_flight = {}, in_flight_count = 0, waiting = {}, held = nil, next_token = 0,
     outcomes = {}, first_outcome = 1, last_outcome = 0,
-    stats = { done = 0, ok = 0, failed = 0, attempts = 0, retried = 0, by_kind = {}, by_code = {} },
+    stats = { done = 0, ok = 0, failed = 0, attempts = 0, retried = 0, in_flight = 0, by_kind = {}, by_code = {} },
   }, Run)
 end
 
@@ -189,7 +193,7 @@ end
 
 -- An attempt's outcome: final, or the entry waits for its retry.
 function Run:settle(entry, res, err, now)
-  if err and entry.call.retry then
+  if err and entry.call.retry and not self.stopping then
     local delay = entry.call.retry:delay(err, entry.attempts)
     if delay and not (self.deadline and now + delay / 1000 >= self.deadline) then
       entry.due, entry.err = now + delay / 1000, err
@@ -236,6 +240,64 @@ function Run:expire()
   self.total = self.read
 end
 
+local function not_started_error()
+  return errors.new { kind = "cancelled", code = "NotStarted", delivered = "no", retryable = true,
+    message = "not sent: the batch was stopped first" }
+end
+
+local function cancelled_error()
+  return errors.new { kind = "cancelled", code = "Cancelled", delivered = "maybe",
+    message = "cancelled while in flight: the device may have received it" }
+end
+
+-- Drain: nothing more is read or started; calls waiting for a retry keep their last
+-- error, a call read but not yet started (waiting for the rate limit) is NotStarted, the
+-- rest of an array too; the calls in flight run to their end. Cancel: drain, and the calls
+-- in flight are dropped (Cancelled, delivered "maybe").
+function Run:stop(mode)
+  if not self.stopping then
+    self.stopping = "drain"
+    local held = self.held
+    if held then
+      self.held = nil
+      self:record(held.index, nil, held.err or not_started_error(), held.attempts, held)
+    end
+    for _, entry in ipairs(self.waiting) do
+      self:record(entry.index, nil, entry.err, entry.attempts, entry)
+    end
+    self.waiting = {}
+    if not self.exhausted and self.total then
+      while self.next_request() ~= nil do
+        self.read = self.read + 1
+        self:record(self.read, nil, not_started_error(), 0)
+      end
+    end
+    self.exhausted = true
+    self.total = self.read
+  end
+  if mode == "cancel" and self.stopping ~= "cancel" then
+    self.stopping = "cancel"
+    for token, entry in pairs(self.in_flight) do
+      self.pool:cancel(token)
+      self:record(entry.index, nil, cancelled_error(), entry.attempts, entry)
+    end
+    self.in_flight, self.in_flight_count = {}, 0
+  end
+end
+
+-- Asks the caller's should_stop (once cancelled, there is nothing left to stop).
+function Run:check_stop()
+  if not self.should_stop or self.stopping == "cancel" then return end
+  self.stats.in_flight = self.in_flight_count
+  local mode = self.should_stop(self.stats)
+  if mode == nil or mode == false then return end
+  if not STOP_MODES[mode] then
+    error(("bad result from should_stop in '%s' (nil, \"drain\" or \"cancel\" expected, got %s)"):format(
+      self.fname, args.describe(mode)), 0)
+  end
+  self:stop(mode)
+end
+
 function Run:finished()
   return self.exhausted and self.in_flight_count == 0 and not self.held and #self.waiting == 0
 end
@@ -243,6 +305,7 @@ end
 function Run:progress(now, final)
   if self.on_progress and (final or now - self.last_progress >= PROGRESS_INTERVAL) then
     self.last_progress = now
+    self.stats.in_flight = self.in_flight_count
     self.on_progress(self.stats.done, self.total, self.stats)
   end
 end
@@ -250,6 +313,8 @@ end
 -- Drives the calls until an outcome is ready; returns index, res, err or nil at the end.
 function Run:next_outcome()
   while self.first_outcome > self.last_outcome do
+    self:check_stop()
+    if self.first_outcome <= self.last_outcome then break end
     if self:finished() then
       if not self.reported_end then
         self.reported_end = true

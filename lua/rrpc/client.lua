@@ -288,9 +288,10 @@ function client.prepare_rrpc(self, fname, request, default_retry, level)
   return call
 end
 
---- client.sign(self, p, call) --> url, headers, body | nil, err
--- A fresh nonce and timestamp each time, with the provider's current credentials.
-function client.sign(self, p, call)
+--- client.sign(self, p, call, given) --> url, headers, body, steps | nil, err
+-- A fresh nonce and timestamp each time (given.timestamp and given.nonce instead, when
+-- there), with the provider's current credentials.
+function client.sign(self, p, call, given)
   local c, why = p.credentials:get(p.fetch)
   local function has_control(v) return type(v) == "string" and v:find("%c") ~= nil end
   if c and (has_control(c.access_key_id) or has_control(c.security_token)) then
@@ -313,7 +314,7 @@ function client.sign(self, p, call)
     endpoint = self.endpoint, host = self.host, action = call.action, version = limits.API_VERSION,
     params = call.params, access_key_id = c.access_key_id, access_key_secret = c.access_key_secret,
     security_token = c.security_token, region_id = self.region, signature = self.signature,
-    placement = self.placement,
+    placement = self.placement, timestamp = given and given.timestamp, nonce = given and given.nonce,
   }
 end
 
@@ -409,6 +410,58 @@ end
 function Client:rrpc(request)
   local p = client.open_state(self, "rrpc", 2)
   return perform(self, p, client.prepare_rrpc(self, "rrpc", request, nil, 2))
+end
+
+local DAYS_IN_MONTH = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
+
+local function utc_timestamp(value)
+  local y, mo, d, h, mi, s = value:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)Z$")
+  y, mo, d, h, mi, s = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(s)
+  local leap = y and (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0))
+  if not y or mo < 1 or mo > 12 or d < 1 or d > DAYS_IN_MONTH[mo] or (mo == 2 and d == 29 and not leap)
+     or h > 23 or mi > 59 or s > 59 then
+    return ("option 'timestamp' must be a UTC time YYYY-MM-DDThh:mm:ssZ, got %s"):format(args.describe(value))
+  end
+end
+
+local function nonce_text(value)
+  local size = limits.SIGN_NONCE_BYTES
+  if not value:find("^[%w_.-]+$") or #value < size.min or #value > size.max then
+    return ("option 'nonce' must be %d..%d letters, digits, '-', '_' or '.', got %s"):format(
+      size.min, size.max, args.describe(value))
+  end
+end
+
+local SIGN_OPTIONS = {
+  timestamp = { type = "string", check = utc_timestamp },
+  nonce = { type = "string", check = nonce_text },
+}
+
+--- client.check_request(request) --> nil | { option =, message = }: what client:rrpc
+-- would refuse in its argument, without raising
+function client.check_request(request)
+  return args.problem(request, client.RRPC_OPTIONS)
+end
+
+--- client:sign_rrpc(request, { timestamp =, nonce = }) --> parts | nil, err
+-- What client:rrpc(request) would sign, built the same way, and nothing sent: for showing
+-- it and comparing with the strings of a SignatureDoesNotMatch. parts: signature_version,
+-- method, url, headers, body, and the steps: string_to_sign and signature (V1), or
+-- canonical_request, string_to_sign and authorization (V3). A security token is ***
+-- in every one of them; the secret is in none.
+function Client:sign_rrpc(request, opts)
+  local p = client.open_state(self, "sign_rrpc", 2)
+  local call = client.prepare_rrpc(self, "sign_rrpc", request, nil, 2)
+  opts = opts or {}
+  args.check("sign_rrpc", 2, opts, SIGN_OPTIONS, 2)
+  local url, headers, body, steps = client.sign(self, p, call, opts)
+  if not url then return nil, headers end
+  local token = p.signed_with.security_token
+  local parts = { signature_version = self.signature, method = "POST", url = errors.mask(url, token),
+                  body = errors.mask(body, token), headers = {} }
+  for name, value in pairs(headers) do parts.headers[name] = errors.mask(value, token) end
+  for name, value in pairs(steps) do parts[name] = errors.mask(value, token) end
+  return parts
 end
 
 --- client:request(action, params, { timeout = ms, retry = nil }) --> decoded response | nil, err

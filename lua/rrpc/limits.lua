@@ -27,6 +27,13 @@ limits.DEADLINE = { min = 1, max = 2 ^ 31 }                          -- ms
 limits.PROGRESS_INTERVAL = 0.1   -- seconds between on_progress calls
 limits.MAX_WAIT_MS = 1000        -- the scheduler looks at the clock at least this often
 
+-- Signals (rrpc.signals)
+limits.SIGNALS_FORCE_AFTER = { min = 0, max = 1000, default = 0 } -- 0: never
+limits.SIGNALS_MAX_WAIT_MS = 3600000
+
+-- Showing what a call signs (client:sign_rrpc)
+limits.SIGN_NONCE_BYTES = { min = 1, max = 64 }
+
 -- Retries (rrpc.retry)
 limits.MAX_ATTEMPTS = { min = 1, max = 100, default = 3 }
 limits.BASE_DELAY = { min = 0, max = 3600000, default = 100 }        -- ms

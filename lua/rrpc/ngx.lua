@@ -25,6 +25,8 @@ local M = {
   sign_v1 = rrpc.sign_v1, sign_v3 = rrpc.sign_v3, credentials = rrpc.credentials,
   metrics = rrpc.metrics, check_batch = batch.check,
 }
+-- every limit and default, as rrpc.limits (the example gateway's Retry-After)
+M.limits = limits
 
 local function location_uri(name)
   return function(value)
