@@ -195,8 +195,9 @@ describe("rrpc.quota.redis: many processes, one key #slow", function()
     end
     c:close()
     q:close()
-    -- each on the answer of a lease, or on a slot that was there; none waits for a later one
-    assert.is_true(ok >= 15, "sent " .. ok)
+    -- on the answer of a lease, or on a slot that was there; refused (at once) when the next
+    -- slot leased ahead was not due yet
+    assert.is_true(ok >= 10, "sent " .. ok)
     assert.equal("shared", (q:state()))
   end)
 
