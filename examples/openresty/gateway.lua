@@ -12,8 +12,9 @@
 -- 502. Every answer carries X-Rrpc-Request-Id and X-Rrpc-Message-Id when the platform
 -- gave them. A client that leaves ends its request (lua_check_client_abort, see
 -- nginx.conf.in): nothing more is sent for it.
--- Settings come from the environment: RRPC_ACCESS_KEY_ID, RRPC_ACCESS_KEY_SECRET,
--- RRPC_ENDPOINT (the platform's or the emulator's), RRPC_IOT_INSTANCE_ID, RRPC_QPS,
+-- Settings come from the environment: RRPC_ACCESS_KEY_ID and RRPC_ACCESS_KEY_SECRET when
+-- set, else the credentials of the official chain (rrpc.new's: ALIBABA_CLOUD_ACCESS_KEY_*,
+-- profile files, the ECS RAM role), RRPC_ENDPOINT (the platform's or the emulator's), RRPC_IOT_INSTANCE_ID, RRPC_QPS,
 -- RRPC_MAX_QUOTA_WAIT (ms); RRPC_QUOTA_REDIS_URL (redis://[:password@]host[:port][/db]):
 -- the quota shared through Redis with every other gateway and process on the same
 -- RRPC_QUOTA_REDIS_KEY (default: the AccessKey ID) instead of this nginx's shared dict.
@@ -25,6 +26,14 @@ local gateway = {}
 local MAX_PAYLOAD = 256 * 1024
 local QPS = tonumber(os.getenv("RRPC_QPS") or "") or 1000 -- the account's RRpc quota
 local MAX_QUOTA_WAIT = tonumber(os.getenv("RRPC_MAX_QUOTA_WAIT") or "") -- nil: rrpc.ngx's default
+-- A 429 whose error says no retry_after (iot.messagebroker.RateLimit) still says when:
+-- the library's first wait for throttling, in whole seconds.
+local DEFAULT_RETRY_AFTER_MS = rrpc_ngx.limits.THROTTLE_DELAY.default
+
+local function env(name)
+  local value = os.getenv(name)
+  if value ~= "" then return value end
+end
 
 -- This worker's metrics: counted here, on the call path, with no lock; flushed to the
 -- shared dict rrpc_metrics by a timer (gateway.init_worker), from which GET /metrics
@@ -64,11 +73,11 @@ function gateway.client()
   if not client then
     if REDIS_URL and REDIS_URL ~= "" then
       quota = rrpc_ngx.quota.redis { url = REDIS_URL, qps = QPS,
-        key = os.getenv("RRPC_QUOTA_REDIS_KEY") or os.getenv("RRPC_ACCESS_KEY_ID") }
+        key = env("RRPC_QUOTA_REDIS_KEY") or env("RRPC_ACCESS_KEY_ID") or env("ALIBABA_CLOUD_ACCESS_KEY_ID") }
     end
     client = rrpc_ngx.new(collector:attach {
-      access_key_id = os.getenv("RRPC_ACCESS_KEY_ID"),
-      access_key_secret = os.getenv("RRPC_ACCESS_KEY_SECRET"),
+      access_key_id = env("RRPC_ACCESS_KEY_ID"), -- when absent, the official chain
+      access_key_secret = env("RRPC_ACCESS_KEY_SECRET"),
       endpoint = os.getenv("RRPC_ENDPOINT"),
       iot_instance_id = os.getenv("RRPC_IOT_INSTANCE_ID"),
       quota = quota,
@@ -114,6 +123,31 @@ local function refuse(status, code, message)
   return send_json(status, { error = { kind = "invalid", code = code, message = message } })
 end
 
+-- A query parameter that must be a whole number: the number, nil when absent, or false
+-- and the message for a 400.
+local function query_integer(query, name)
+  local text = query[name]
+  if text == nil then return nil end
+  if type(text) ~= "string" or not text:match("^%d+$") then
+    return false, ("query parameter '%s' must be a whole number, got %s"):format(name,
+      type(text) == "string" and ("%q"):format(text) or "it more than once or without a value")
+  end
+  return tonumber(text)
+end
+
+-- The worker's client; without credentials, false and why (answered 503, never signed
+-- with a key of the gateway's own).
+local function client_or_why()
+  local ok, c = pcall(gateway.client)
+  if ok then return c end
+  return false, tostring(c):gsub("^[^:\n]*:%d+: ", "")
+end
+
+local function no_client(why)
+  return send_json(503, { error = { kind = "credentials", code = "CredentialsUnavailable", message = why,
+                                     delivered = "no", retryable = true } })
+end
+
 local function read_body()
   ngx.req.read_body()
   return ngx.req.get_body_data() or ""
@@ -128,13 +162,16 @@ function gateway.device()
   if #payload > MAX_PAYLOAD then
     return refuse(400, "PayloadTooLarge", ("payload is %d bytes, more than %d"):format(#payload, MAX_PAYLOAD))
   end
+  local timeout, bad = query_integer(query, "timeout")
+  if timeout == false then return refuse(400, "InvalidArgument", bad) end
   local request = {
-    product_key = product_key, device_name = device_name, payload = payload,
-    timeout = query.timeout and (tonumber(query.timeout) or query.timeout) or nil, topic = query.topic,
+    product_key = product_key, device_name = device_name, payload = payload, timeout = timeout, topic = query.topic,
   }
-  local problem = gateway.client():check(request)
+  local c, why = client_or_why()
+  if not c then return no_client(why) end
+  local problem = c:check(request)
   if problem then return refuse(400, "InvalidArgument", problem.message) end
-  local res, err = gateway.client():rrpc(request)
+  local res, err = c:rrpc(request)
   local outcome = res or err
   ngx.header["X-Rrpc-Request-Id"] = outcome.request_id
   ngx.header["X-Rrpc-Message-Id"] = outcome.message_id
@@ -146,10 +183,11 @@ function gateway.device()
     return ngx.exit(200)
   end
   ngx.header["X-Rrpc-Delivered"] = err.delivered
-  if err.retry_after then -- whole seconds, rounded up
-    ngx.header["Retry-After"] = math.max(1, math.ceil(err.retry_after / 1000))
+  local status = status_of(err)
+  if err.retry_after or status == 429 then -- whole seconds, rounded up
+    ngx.header["Retry-After"] = math.max(1, math.ceil((err.retry_after or DEFAULT_RETRY_AFTER_MS) / 1000))
   end
-  return send_json(status_of(err), { error = error_fields(err) })
+  return send_json(status, { error = error_fields(err) })
 end
 
 function gateway.batch()
@@ -170,15 +208,20 @@ function gateway.batch()
   for i, device in ipairs(body.devices) do -- a name, or {"device_name": .., "payload": ..}
     requests[i] = type(device) == "string" and { device_name = device } or device
   end
+  local timeout, bad = query_integer(query, "timeout")
+  if timeout == false then return refuse(400, "InvalidArgument", bad) end
+  local concurrency, bad_concurrency = query_integer(query, "concurrency")
+  if concurrency == false then return refuse(400, "InvalidArgument", bad_concurrency) end
   local opts = {
-    concurrency = tonumber(query.concurrency or "") or 100,
+    concurrency = concurrency or 100,
     qps = QPS,
-    defaults = { product_key = product_key, payload = payload,
-                 timeout = query.timeout and (tonumber(query.timeout) or query.timeout) or nil },
+    defaults = { product_key = product_key, payload = payload, timeout = timeout },
   }
   local problem = rrpc_ngx.check_batch(opts)
   if problem then return refuse(400, "InvalidArgument", problem.message) end
-  local results, summary = rrpc_ngx.batch(gateway.client(), requests, opts)
+  local c, why = client_or_why()
+  if not c then return no_client(why) end
+  local results, summary = rrpc_ngx.batch(c, requests, opts)
   local out = {}
   for i, r in ipairs(results) do
     local device = body.devices[i]

@@ -15,7 +15,8 @@ local KEY = "LTAI5tRRpcDemoKey"
 local ROOT = debug.getinfo(1, "S").source:match("^@(.-)/?spec/openresty/[^/]*$") or ""
 if ROOT == "" then ROOT = "." end
 
--- The gateway as spec/support/gateway_server.lua starts it, with --max-quota-wait too.
+-- The gateway as spec/support/gateway_server.lua starts it (with the emulator's demo key:
+-- the gateway has none of its own), with --max-quota-wait too.
 local Gateway = {}
 Gateway.__index = Gateway
 
@@ -24,7 +25,8 @@ local function start_gateway(o)
   return process.start_server {
     name = "gateway",
     command = function(port, dir)
-      return ("%s/examples/openresty/run --port %d --endpoint %s --workers %d --qps %d%s --log %s%s"):format(
+      return ("env RRPC_ACCESS_KEY_ID=LTAI5tRRpcDemoKey RRPC_ACCESS_KEY_SECRET=RRpcDemoSecretNotForProduction"
+        .. " %s/examples/openresty/run --port %d --endpoint %s --workers %d --qps %d%s --log %s%s"):format(
         quote(ROOT), port, quote(o.endpoint), o.workers or 1, o.qps or 1000,
         o.max_quota_wait and (" --max-quota-wait " .. o.max_quota_wait) or "",
         quote(dir .. "/access.log"), o.include and (" --include " .. quote(o.include)) or "")

@@ -13,7 +13,7 @@ local system = require "system"
 local tls = require "tls"
 
 local PK = "a1RRpcDemo"
--- the gateway's key (examples/openresty/run's default), the Lua processes' too
+-- the gateway's key (spec/support/gateway_server.lua's default), the Lua processes' too
 local KEY, SECRET = "LTAI5tRRpcDemoKey", "RRpcDemoSecretNotForProduction"
 
 local function key_stats(emu)

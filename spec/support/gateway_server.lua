@@ -2,7 +2,11 @@
 --
 --   local gateway_server = require "gateway_server"
 --   local g = gateway_server.start{ endpoint = emu.url, workers = 1, qps = 1000, include = nil,
---                                   quota_redis = nil, quota_key = nil } -- examples/openresty/run's
+--                                   quota_redis = nil, quota_key = nil, -- examples/openresty/run's
+--                                   env = { NAME = value } }
+--   -- env: its environment beside the specs' (default: the emulator's demo key as
+--   -- RRPC_ACCESS_KEY_ID and _SECRET, for the emulator the spec started; the gateway
+--   -- itself has no key of its own).
 --   -- g.url, g.pid, g.log (access log), g.stderr
 --   g:stop()  -- SIGTERM, wait for the exit; idempotent
 local process = require "process"
@@ -11,6 +15,17 @@ local suite_log = require "suite_log"
 local gateway_server = {}
 
 local quote = process.quote
+
+local DEMO_KEY = { RRPC_ACCESS_KEY_ID = "LTAI5tRRpcDemoKey", RRPC_ACCESS_KEY_SECRET = "RRpcDemoSecretNotForProduction" }
+
+local function env_words(vars)
+  local words = { "env" }
+  local names = {}
+  for name in pairs(vars) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do words[#words + 1] = quote(name .. "=" .. vars[name]) end
+  return table.concat(words, " ") .. " "
+end
 
 local ROOT = debug.getinfo(1, "S").source:match("^@(.-)/?spec/support/gateway_server%.lua$") or ""
 if ROOT == "" then ROOT = "." end
@@ -28,7 +43,8 @@ function gateway_server.start(options)
   return process.start_server {
     name = "gateway",
     command = function(port, dir)
-      return ("%s/examples/openresty/run --port %d --endpoint %s --workers %d --qps %d --log %s%s%s%s"):format(
+      return env_words(options.env or DEMO_KEY)
+        .. ("%s/examples/openresty/run --port %d --endpoint %s --workers %d --qps %d --log %s%s%s%s"):format(
         quote(ROOT), port, quote(options.endpoint), options.workers or 1, options.qps or 1000,
         quote(dir .. "/access.log"), options.include and (" --include " .. quote(options.include)) or "",
         options.quota_redis and (" --quota-redis " .. quote(options.quota_redis)) or "",
