@@ -150,7 +150,6 @@ M.quota = {
   shared_dict = function(opts) return shared_dict.new(opts, "shared_dict", 2) end,
   process = quota.process,
   is_quota = quota.is_quota,
-  wait = nil,
 }
 
 return M
