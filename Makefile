@@ -95,13 +95,17 @@ emulator:
 	emulator/run $(if $(PORT),--port $(PORT)) $(if $(DEVICES),--devices $(DEVICES)) $(if $(MQTT_PORT),--mqtt-port $(MQTT_PORT))
 
 install: build
-	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/transport $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/quota
+	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/transport $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/cli $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/quota
 	install -m 0755 $(CORE) $(DESTDIR)$(LUA_CMODULE_DIR)/rrpc/core.so
 	install -m 0644 lua/rrpc.lua $(DESTDIR)$(LUA_MODULE_DIR)/rrpc.lua
 	for f in lua/rrpc/*.lua; do install -m 0644 $$f $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/; done
 	for f in lua/rrpc/transport/*.lua; do install -m 0644 $$f $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/transport/; done
 	for f in lua/rrpc/quota/*.lua; do install -m 0644 $$f $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/quota/; done
-	install -D -m 0755 bin/rrpc $(DESTDIR)$(PREFIX)/bin/rrpc
+	for f in lua/rrpc/cli/*.lua; do install -m 0644 $$f $(DESTDIR)$(LUA_MODULE_DIR)/rrpc/cli/; done
+	# the command line, run by the VM whose directories the modules went to
+	install -d $(DESTDIR)$(PREFIX)/bin
+	sed '1s|.*|#!/usr/bin/env $(LUA_NAME)|' bin/rrpc >$(DESTDIR)$(PREFIX)/bin/rrpc
+	chmod 0755 $(DESTDIR)$(PREFIX)/bin/rrpc
 	# the emulator, where `rrpc emulator` looks for it when installed
 	install -d $(DESTDIR)$(PREFIX)/share/rrpc/emulator/lua/rrpc_emulator
 	install -m 0755 emulator/run $(DESTDIR)$(PREFIX)/share/rrpc/emulator/run

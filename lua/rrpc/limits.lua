@@ -46,6 +46,15 @@ limits.METADATA_CONNECT_MS = 1000
 limits.METADATA_TIMEOUT_MS = 2000
 limits.METADATA_TOKEN_TTL_S = 21600
 
+-- The command line (bin/rrpc, rrpc.cli)
+limits.CLI_RETRIES = { min = 0, max = limits.MAX_ATTEMPTS.max - 1, call = 0, batch = 2 }
+limits.CLI_PROGRESS_INTERVAL_S = 10      -- plain progress lines when standard error is no terminal
+limits.CLI_BAR_REDRAW_S = 0.1            -- the progress bar on a terminal
+limits.CLI_SIGNALS_FORCE_AFTER = 3       -- Ctrl-C a third time ends rrpc even when it is stuck
+limits.CLI_EMULATOR_PORT = 8080
+limits.CLI_EMULATOR_START_S = 10         -- how long rrpc emulator waits for nginx to listen
+limits.CLI_WATCH_INTERVAL_MS = 200       -- how often rrpc emulator looks at its child
+
 -- Inside nginx (rrpc.ngx)
 limits.NGX_QPS = { min = 1, max = 1000000, default = limits.QUOTA_QPS }
 -- The longest a single call waits for a slot of its client's quota (rrpc.quota, rrpc.ngx)

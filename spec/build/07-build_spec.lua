@@ -65,6 +65,13 @@ describe("installation under " .. VM .. " #build", function()
     local out2 = check_installed(root .. "/share/lua/" .. LUA_VERSION .. "/?.lua",
       root .. "/lib/lua/" .. LUA_VERSION .. "/?.so")
     assert.equal("OLeaidS1JvxuMvnyHOwuJ+uX5qY= " .. root .. "/lib/lua/" .. LUA_VERSION .. "/rrpc/core.so", out2)
+    -- the command line, for this VM, from the installed modules
+    local first = assert(io.open(root .. "/bin/rrpc")):read("*l")
+    assert.equal("#!/usr/bin/env " .. VM, first)
+    local ran, help = run(("cd / && LUA_PATH='%s/share/lua/%s/?.lua;%s/share/lua/%s/?/init.lua;;' LUA_CPATH='%s/lib/lua/%s/?.so;;'"
+      .. " %s '%s/bin/rrpc' sign --help"):format(root, LUA_VERSION, root, LUA_VERSION, root, LUA_VERSION, VM, root))
+    assert(ran, help)
+    assert.is_truthy(help:find("Usage: rrpc sign", 1, true), help)
   end)
 
   it("the rockspec maps every C source and Lua module of the checkout", function()
@@ -92,7 +99,7 @@ describe("installation under " .. VM .. " #build", function()
       .. " ls src/*.c lua/rrpc.lua lua/rrpc/*.lua")
     for path in files:gmatch("[^\n]+") do
       local module = path:match("^lua/(.*)%.lua$")
-      module = module and module:gsub("/", ".")
+      module = module and module:gsub("/init$", ""):gsub("/", ".")
       assert.is_not_nil(listed[path], path .. " is not in the rockspec")
       if module then assert.equal(module, listed[path]) end
     end
@@ -112,5 +119,11 @@ describe("installation under " .. VM .. " #build", function()
       tree .. "/lib/lua/" .. LUA_VERSION .. "/?.so")
     assert.equal("OLeaidS1JvxuMvnyHOwuJ+uX5qY= " .. tree .. "/lib/lua/" .. LUA_VERSION .. "/rrpc/core.so", out2)
     assert.is_truthy(io.open(tree .. "/bin/rrpc"), "the rock installs the command line")
+    -- which runs from the tree, whatever VM the rock is for
+    local ran, help = run(("LUA_PATH='%s/share/lua/%s/?.lua;%s/share/lua/%s/?/init.lua;;' LUA_CPATH='%s/lib/lua/%s/?.so;;'"
+      .. " %s -e 'os.exit(require(\"rrpc.cli\").main({ \"--help\" }))'"):format(tree, LUA_VERSION, tree, LUA_VERSION,
+      tree, LUA_VERSION, VM))
+    assert(ran, help)
+    assert.is_truthy(help:find("Usage: rrpc", 1, true), help)
   end)
 end)
