@@ -49,6 +49,7 @@ limits.METADATA_TOKEN_TTL_S = 21600
 -- The command line (bin/rrpc, rrpc.cli)
 limits.CLI_RETRIES = { min = 0, max = limits.MAX_ATTEMPTS.max - 1, call = 0, batch = 2 }
 limits.CLI_PROGRESS_INTERVAL_S = 10      -- plain progress lines when standard error is no terminal
+limits.CLI_METRICS_INTERVAL_S = 10       -- rrpc batch --metrics FILE is written this often
 limits.CLI_BAR_REDRAW_S = 0.1            -- the progress bar on a terminal
 limits.CLI_SIGNALS_FORCE_AFTER = 3       -- Ctrl-C a third time ends rrpc even when it is stuck
 limits.CLI_EMULATOR_PORT = 8080

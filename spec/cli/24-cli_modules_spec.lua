@@ -1036,6 +1036,27 @@ describe("rrpc.cli in-process", function()
     end)
   end)
 
+  describe("batch --metrics FILE", function()
+    it("writes the calls' Prometheus metrics, whole (renamed into place), and counts every line", function()
+      local metrics = dir .. "/rrpc.prom"
+      local status = rrpc({ "batch", "--devices", "-", "--payload", "m", "--metrics", metrics },
+        { stdin = PK .. ",echo\n" .. PK .. ",offline\n" .. PK .. ",upper\n" })
+      assert.are.equal(10, status) -- one device offline
+      local text = assert(io.open(metrics)):read("*a")
+      assert.is_truthy(text:find('rrpc_calls_total{action="RRpc",outcome="ok",code="SUCCESS"} 2', 1, true), text)
+      assert.is_truthy(text:find('rrpc_calls_total{action="RRpc",outcome="device",code="OFFLINE"} 1', 1, true), text)
+      assert.is_truthy(text:find('rrpc_call_duration_seconds_count{action="RRpc"} 3', 1, true), text)
+      assert.is_nil(io.open(metrics .. ".partial"), "the partial file was renamed into place")
+      assert.is_nil(text:find("testsecret", 1, true))
+    end)
+
+    it("an unwritable FILE is one error before any call", function()
+      local status, out, err = rrpc({ "batch", "--devices", "-", "--payload", "m", "--metrics", "/nonexistent/rrpc.prom" },
+        { stdin = PK .. ",echo\n" })
+      assert_one_line_error(status, 2, out, err, "cannot write %-%-metrics /nonexistent/rrpc%.prom")
+    end)
+  end)
+
 end)
 
 end)

@@ -135,7 +135,24 @@ function batch.run(opts, env)
     return record
   end
 
-  local client = common.open_client(opts, env, names)
+  -- --metrics FILE: written whole under another name, then renamed over FILE, so that a
+  -- reader (node-exporter's textfile collector) never sees half of it
+  local collector = opts.metrics and rrpc.metrics.new()
+  local metrics_written = -math.huge
+  local function write_metrics(now)
+    if not collector then return end
+    metrics_written = now
+    local partial = opts.metrics .. ".partial"
+    local file, why = io.open(partial, "w")
+    if file then
+      file:write(collector:render())
+      file:close()
+      why = select(2, os.rename(partial, opts.metrics))
+    end
+    if why then fail(EXIT.invalid, ("cannot write --metrics %s: %s"):format(opts.metrics, why)) end
+  end
+  write_metrics(rrpc.monotime()) -- an unwritable FILE is one error before any call
+  local client = common.open_client(opts, env, names, collector)
   local counted = opts.devices ~= "-" and input.count(devices, opts.devices, opts.format) or nil
   local stderr_is_terminal = env.is_terminal("stderr")
   local progress = progress_module.new {
@@ -192,7 +209,11 @@ function batch.run(opts, env)
       concurrency = opts.concurrency, qps = opts.qps,
       retry = common.retry_policy(opts.retries or rrpc.limits.CLI_RETRIES.batch),
       defaults = { payload = payload, timeout = opts.timeout },
-      on_progress = function(_, _, stats) progress:tick(stats) end,
+      on_progress = function(_, _, stats)
+        progress:tick(stats)
+        local now = rrpc.monotime()
+        if now - metrics_written >= rrpc.limits.CLI_METRICS_INTERVAL_S then write_metrics(now) end
+      end,
       should_stop = should_stop,
     }) do
       local record = sent[index]
@@ -207,6 +228,7 @@ function batch.run(opts, env)
   end)
   -- whatever happened, every outcome known is out
   results:finish()
+  write_metrics(rrpc.monotime())
   client:close()
   if devices ~= env.stdin then devices:close() end
   if not ok then

@@ -70,10 +70,11 @@ end
 --- common.open_client(opts, env, names) --> client
 -- Credentials come only from the library's chain (environment, profile files, ECS role):
 -- a secret on the command line would show in ps and in the shell's history.
-function common.open_client(opts, env, names)
+-- collector: an rrpc.metrics collector fed by the client's calls, or nil.
+function common.open_client(opts, env, names, collector)
   local provider, why = rrpc.credentials.chain { profile = opts.profile, getenv = env.getenv }
   if not provider then common.fail(EXIT.auth, why) end
-  local ok, client = pcall(rrpc.new, {
+  local options = {
     credentials = provider,
     -- an explicit --region beats the environment's endpoint
     endpoint = opts.endpoint or (not opts.region and env.getenv("RRPC_ENDPOINT")) or nil,
@@ -82,7 +83,8 @@ function common.open_client(opts, env, names)
     signature = opts.signature,
     ca_file = opts.ca_file,
     user_agent = "rrpc-cli",
-  })
+  }
+  local ok, client = pcall(rrpc.new, collector and collector:attach(options) or options)
   if not ok then
     local refusal = common.refusal(client)
     if refusal then common.fail(EXIT.invalid, common.renamed(refusal, names)) end

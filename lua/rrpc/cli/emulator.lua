@@ -195,7 +195,8 @@ running() { state=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) && [ "$state" != 
     sleep %s
   done ) </dev/null >/dev/null 2>&1 &
 exec %s --port %d%s </dev/null 2>%s]]):format(shell_quote(pid_file), WATCH_INTERVAL_MS / 1000,
-    shell_quote(dir .. "/run"), port, opts.devices and (" --devices " .. shell_quote(opts.devices)) or "",
+    shell_quote(dir .. "/run"), port, (opts.devices and (" --devices " .. shell_quote(opts.devices)) or "")
+      .. (opts.mqtt_port and (" --mqtt-port " .. opts.mqtt_port) or ""),
     shell_quote(err_file)), "w")
   local pid
   local function cleanup()

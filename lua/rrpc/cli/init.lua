@@ -229,6 +229,9 @@ local function build_parser()
   batch:option("--qps", "Calls started per second at most (default 1000, the account's quota).")
     :argname("N"):convert(integer_option("--qps"))
   batch:flag("--ordered", "Write the outcomes in input order (default: as they complete).")
+  batch:option("--metrics", "Write the calls' Prometheus metrics (rrpc.metrics) to FILE, every "
+    .. limits.CLI_METRICS_INTERVAL_S .. " s and at the end, for node-exporter's textfile collector.")
+    :argname("FILE")
   batch:option("--progress-interval", "Seconds between progress lines when standard error is not a terminal"
     .. " (default " .. limits.CLI_PROGRESS_INTERVAL_S .. "; 0: none)."):argname("S")
     :convert(seconds_option("--progress-interval"))
@@ -243,6 +246,8 @@ local function build_parser()
     :argname("P"):convert(integer_option("--port", { min = 1, max = 65535 }))
   emulator:option("--devices", "The registry of keys and devices (default: the emulator's devices.json).")
     :argname("FILE")
+  emulator:option("--mqtt-port", "Also run the MQTT broker your own devices connect to, on 127.0.0.1:P.")
+    :argname("P"):convert(integer_option("--mqtt-port", { min = 1, max = 65535 }))
 
   local sign = with_help(parser:command("sign", "Shows what a call signs (never the secret or the token).")
     :epilog(SIGN_EPILOG))
