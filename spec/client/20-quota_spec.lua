@@ -141,8 +141,8 @@ describe("rrpc.quota.redis: many processes, one key #slow", function()
   end)
 
   teardown(function()
-    redis:stop()
-    emu:stop()
+    if redis then redis:stop() end
+    if emu then emu:stop() end
   end)
 
   local function reset() os.execute("curl -s -X POST " .. emu.url .. "/__emulator/stats/reset >/dev/null") end
@@ -291,8 +291,8 @@ describe("rrpc.quota.redis: a Redis with a password #slow", function()
   end)
 
   teardown(function()
-    redis:stop()
-    emu:stop()
+    if redis then redis:stop() end
+    if emu then emu:stop() end
   end)
 
   it("falls back on a wrong password, says so once without the password, and shares with the right one", function()

@@ -96,9 +96,9 @@ describe("OpenResty gateways and Lua processes on one Redis quota #openresty #sl
   end)
 
   teardown(function()
-    for _, g in ipairs(gateways) do g:stop() end
-    redis:stop()
-    emu:stop()
+    for _, g in ipairs(gateways or {}) do g:stop() end
+    if redis then redis:stop() end
+    if emu then emu:stop() end
   end)
 
   local function workers(seconds)
@@ -187,9 +187,9 @@ describe("OpenResty gateway with a wrong Redis password #openresty #slow", funct
   end)
 
   teardown(function()
-    gw:stop()
-    redis:stop()
-    emu:stop()
+    if gw then gw:stop() end
+    if redis then redis:stop() end
+    if emu then emu:stop() end
   end)
 
   it("answers on its fallback, says why once without the password, and shows the state", function()
@@ -239,11 +239,11 @@ describe("rrpc_ngx.quota.redis over TLS (rediss://) #openresty #slow", function(
   end)
 
   teardown(function()
-    gw:stop()
-    redis:stop()
-    emu:stop()
-    os.remove(include)
-    tls.remove(certs)
+    if gw then gw:stop() end
+    if redis then redis:stop() end
+    if emu then emu:stop() end
+    if include then os.remove(include) end
+    if certs then tls.remove(certs) end
   end)
 
   local function ask(name)
