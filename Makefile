@@ -77,10 +77,15 @@ demo: build
 
 # Against the official Node.js SDKs (installed from npm into bench/peers) and the ideal.
 # The gateway's line needs rrpc.core built for nginx's LuaJIT.
-bench: build
+bench: build $(BUILD)/bench/floor
 	@$(MAKE) -s --no-print-directory build LUA=luajit
 	bash bench/peers/install.sh
 	LUA_PATH="./lua/?.lua;./spec/support/?.lua;;" LUA_CPATH="./$(BUILD_DIR)/?.so;;" $(LUA) bench/run.lua
+
+# The libcurl floor the bench compares rrpc with: bare C, the same request bytes.
+$(BUILD)/bench/floor: bench/floor.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARNINGS) -o $@ $< $(shell $(PKG_CONFIG) --cflags --libs libcurl)
 
 # 100,000 calls with 1% injected faults through rrpc.each: each accounted for once, RSS flat.
 soak:

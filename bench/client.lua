@@ -37,7 +37,24 @@ local function client(endpoint, key, secret, signature)
 end
 
 local result
-if mode == "sequential" then
+if mode == "request" then
+  -- one signed RRpc request as rrpc sends it, for bench/floor.c: URL, header lines, body
+  local endpoint, key, secret, pk, dn, path = table.unpack(arg, 2)
+  local c = rrpc.new { endpoint = endpoint, access_key_id = key, access_key_secret = secret }
+  local call = require("rrpc.client").prepare_rrpc(c, "rrpc", { product_key = pk, device_name = dn,
+                                                                 payload = "ping 1" }, nil, 1)
+  local p = { credentials = require("rrpc.credentials").static { access_key_id = key, access_key_secret = secret } }
+  local url, headers, body = require("rrpc.client").sign(c, p, call)
+  local f = assert(io.open(path, "wb"))
+  f:write(url, "\n")
+  local names = {}
+  for name in pairs(headers) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do f:write(name, ": ", headers[name], "\n") end
+  f:write("User-Agent: ", c.user_agent, "\n\n", body)
+  f:close()
+  result = { written = path }
+elseif mode == "sequential" then
   local endpoint, key, secret, pk, dn, calls, signature = table.unpack(arg, 2)
   calls = tonumber(calls)
   local c = client(endpoint, key, secret, signature)

@@ -6,6 +6,7 @@ local gateway_server = require "gateway_server"
 local quota_run = require "quota_run"
 local redis_server = require "redis_server"
 
+local FLOOR = os.getenv("BENCH_FLOOR") or "build/bench/floor"
 local SEQUENTIAL_CALLS = tonumber(os.getenv("BENCH_SEQUENTIAL_CALLS") or 1000)
 local SIGN_CALLS = tonumber(os.getenv("BENCH_SIGN_CALLS") or 20000)
 local GATEWAY_CALLS, GATEWAY_CONCURRENCY = tonumber(os.getenv("BENCH_GATEWAY_CALLS") or 5000), 100
@@ -232,6 +233,30 @@ local ok, failure = pcall(function()
   say("busiest second at the emulator %d (quota %d); total %d of the ideal %d (%.3f); %.3f Redis round trips per call;"
     .. " %d throttled by the platform, %d sent on a fallback.", shared.peak, QPS, shared.total, shared_ideal,
     shared.total / shared_ideal, shared.round_trips / math.max(shared.ok, 1), shared.throttled, shared.fallback)
+
+  -- 6. the libcurl floor: bench/floor.c (built by make bench) sends the bytes of a request
+  -- rrpc signed, with rrpc's libcurl settings, and does nothing else; the emulator answers
+  -- its repeated nonce with a 400 of about the size of an RRpc answer
+  local request_file = os.tmpname()
+  lua_client("request", emu.url, "testid", "testsecret", PK, ECHO, request_file)
+  local floor = {
+    sequential = run_json(("%s %s %d 1"):format(FLOOR, request_file, SEQUENTIAL_CALLS)),
+    parallel = run_json(("%s %s %d %d"):format(FLOOR, request_file, GATEWAY_CALLS, GATEWAY_CONCURRENCY)),
+  }
+  os.remove(request_file)
+  local parallel_ids = os.tmpname()
+  local rrpc_parallel = lua_client("batch", emu.url, "testid", "testsecret", PK, ECHO, GATEWAY_CALLS,
+    GATEWAY_CONCURRENCY, 1000000, parallel_ids)
+  os.remove(parallel_ids)
+  say("")
+  say("6. Against the libcurl floor (bench/floor.c: the same request bytes and libcurl settings, nothing else)")
+  say("")
+  say("| calls in flight | rrpc CPU per call | floor CPU per call | rrpc / floor |")
+  say("|---|---|---|---|")
+  say("| 1 (sequential) | %.0f µs | %.0f µs | %.2f |", per_call_us(seq[1][2]), per_call_us(floor.sequential),
+    per_call_us(seq[1][2]) / per_call_us(floor.sequential))
+  say("| %d | %.0f µs | %.0f µs | %.2f |", GATEWAY_CONCURRENCY, per_call_us(rrpc_parallel), per_call_us(floor.parallel),
+    per_call_us(rrpc_parallel) / per_call_us(floor.parallel))
 end)
 emu:stop()
 if not ok then error(failure, 0) end
