@@ -79,7 +79,7 @@ local ALL_BYTES = (function()
   return table.concat(t)
 end)()
 
-describe("#slow real devices on the emulator's MQTT broker", function()
+describe("#slow #mqtt real devices on the emulator's MQTT broker", function()
   local emu, client, devices, fleet, registry_path
 
   local function call(name, payload, extra)
@@ -406,7 +406,7 @@ describe("#slow real devices on the emulator's MQTT broker", function()
   end)
 end)
 
-describe("#slow the emulator's MQTT broker", function()
+describe("#slow #mqtt the emulator's MQTT broker", function()
   it("stops with the emulator, killed or not, and leaves nothing listening", function()
     for _, how in ipairs { "stop", "kill" } do
       local e = emulator.start { mqtt = true }
