@@ -212,19 +212,23 @@ local function deadline_error(delivered)
               or "still in flight at the batch's deadline" }
 end
 
--- At the deadline every request read is settled: calls in flight are dropped (they may
--- have been delivered), calls waiting for a retry keep their last error, the rest of an
--- array is refused without sending.
-function Run:expire()
+-- Drops the calls in flight (they may have been delivered): each ends with dropped().
+function Run:drop_in_flight(dropped)
   for token, entry in pairs(self.in_flight) do
     self.pool:cancel(token)
-    self:record(entry.index, nil, deadline_error("maybe"), entry.attempts, entry)
+    self:record(entry.index, nil, dropped(), entry.attempts, entry)
   end
   self.in_flight, self.in_flight_count = {}, 0
-  if self.held then
-    local held = self.held
-    self:record(held.index, nil, held.err or deadline_error("no"), held.attempts, held)
+end
+
+-- Settles what was not sent: the call held for the rate limit ends with its last error
+-- or unsent(), calls waiting for a retry keep their last error, the rest of an array is
+-- unsent() too; nothing more is read.
+function Run:settle_unsent(unsent)
+  local held = self.held
+  if held then
     self.held = nil
+    self:record(held.index, nil, held.err or unsent(), held.attempts, held)
   end
   for _, entry in ipairs(self.waiting) do
     self:record(entry.index, nil, entry.err, entry.attempts, entry)
@@ -233,11 +237,19 @@ function Run:expire()
   if not self.exhausted and self.total then
     while self.next_request() ~= nil do
       self.read = self.read + 1
-      self:record(self.read, nil, deadline_error("no"), 0)
+      self:record(self.read, nil, unsent(), 0)
     end
   end
   self.exhausted = true
   self.total = self.read
+end
+
+-- At the deadline every request read is settled: calls in flight are dropped (they may
+-- have been delivered), calls waiting for a retry keep their last error, the rest of an
+-- array is refused without sending.
+function Run:expire()
+  self:drop_in_flight(function() return deadline_error("maybe") end)
+  self:settle_unsent(function() return deadline_error("no") end)
 end
 
 local function not_started_error()
@@ -257,31 +269,11 @@ end
 function Run:stop(mode)
   if not self.stopping then
     self.stopping = "drain"
-    local held = self.held
-    if held then
-      self.held = nil
-      self:record(held.index, nil, held.err or not_started_error(), held.attempts, held)
-    end
-    for _, entry in ipairs(self.waiting) do
-      self:record(entry.index, nil, entry.err, entry.attempts, entry)
-    end
-    self.waiting = {}
-    if not self.exhausted and self.total then
-      while self.next_request() ~= nil do
-        self.read = self.read + 1
-        self:record(self.read, nil, not_started_error(), 0)
-      end
-    end
-    self.exhausted = true
-    self.total = self.read
+    self:settle_unsent(not_started_error)
   end
   if mode == "cancel" and self.stopping ~= "cancel" then
     self.stopping = "cancel"
-    for token, entry in pairs(self.in_flight) do
-      self.pool:cancel(token)
-      self:record(entry.index, nil, cancelled_error(), entry.attempts, entry)
-    end
-    self.in_flight, self.in_flight_count = {}, 0
+    self:drop_in_flight(cancelled_error)
   end
 end
 
