@@ -168,13 +168,14 @@ local ok, failure = pcall(function()
       r.wall_s / ideal, r.peak, r.ok, per_call_us(r), r.peak_rss_kb / 1024, r.exact, r.total)
   end
   say("")
-  say("rrpc: %.1f KB of client memory per call in flight (peak RSS %.1f MB over %.1f MB before the batch, / %d);"
+  say("rrpc: %.1f KB of client memory per unit of --concurrency (peak RSS %.1f MB over %.1f MB before the batch, / %d,"
+    .. " the concurrency option: at this qps and latency fewer calls are really in flight, so this is no per-call figure);"
     .. " busiest second at the emulator %d (quota %d).", memory_per_call, batch.peak_rss_kb / 1024,
     batch.rss_before_kb / 1024, CONCURRENCY, rrpc_peak, QPS)
   local best_node_cpu = math.min(per_call_us(node[1][2]), per_call_us(node[2][2]))
   say("")
   say("Targets: CPU per call <= 1/3 of the best SDK: %.2f (sequential), %.2f (batch); wall within 5%% of ideal: %+.1f%%; "
-    .. "no second above the quota: %s; under 16 KB per call in flight: %.1f KB; every MessageId exact: %s.",
+    .. "no second above the quota: %s; under 16 KB per unit of concurrency: %.1f KB; every MessageId exact: %s.",
     per_call_us(seq[1][2]) / best_sdk, per_call_us(batch) / best_node_cpu, 100 * (batch.wall_s / ideal - 1),
     rrpc_peak <= QPS and "yes" or "NO", memory_per_call, rrpc_exact == rrpc_total and rrpc_total == BATCH_CALLS and "yes" or "NO")
 
