@@ -12,11 +12,13 @@
 #                  child started as `arg[-1]`, as spec 12 does, is this interpreter again,
 #                  sanitized too). LeakSanitizer looks at exit, after lua_close.
 #   asan-gc        the same with scripts/gc-aggressive.lua as busted helper: pause-0
-#                  collector, a full collection after every return from rrpc.core
+#                  collector, a full collection after every return from rrpc.core; with
+#                  --ci, the specs of CORE_CI_SPECS only (a full collection per core call
+#                  over the whole suite is 40 minutes on a CI machine)
 #   gc-stress      scripts/gc-stress.lua under the ASan interpreter (GC_STRESS_ASAN iterations)
 #   valgrind       the whole suite under valgrind memcheck (lua5.4, build/lua5.4), leaks
 #                  --leak-check=full, definite and indirect leaks are errors; with --ci, the
-#                  specs of VALGRIND_CI_SPECS only (below)
+#                  specs of CORE_CI_SPECS only (below)
 #   valgrind-gc    scripts/gc-stress.lua under valgrind (GC_STRESS_VALGRIND iterations)
 # A pass is clean when its specs all pass and it reports nothing: no sanitizer report, no
 # valgrind error, no leak. Suppressions (fuzz/lsan.supp, scripts/valgrind.supp) may name
@@ -55,11 +57,11 @@ GC_STRESS_ASAN=${GC_STRESS_ASAN:-2000}
 GC_STRESS_VALGRIND=${GC_STRESS_VALGRIND:-400}
 ASAN_FILTER_OUT=${ASAN_FILTER_OUT:-peak memory within the limit}
 ASAN_EXCLUDE_TAGS=${ASAN_EXCLUDE_TAGS:-openresty,cli,mqtt}
-# The valgrind pass of CI: the specs that drive rrpc.core (signing, calls, errors, batches,
+# The valgrind and asan-gc passes of CI: the specs that drive rrpc.core (signing, calls, errors, batches,
 # credentials, HTTPS, hostile servers, bad input); left to `make check-memory`: the build
 # and install specs, the emulator's own specs, the OpenResty gateway (nginx's LuaJIT) and
 # the secret scan, which run no rrpc.core code of their own in this process.
-VALGRIND_CI_SPECS=${VALGRIND_CI_SPECS:-01 02 03 04 06 09 12 13 15 16}
+CORE_CI_SPECS=${CORE_CI_SPECS:-01 02 03 04 06 09 12 13 15 16}
 mkdir -p "$OUT"
 
 for f in fuzz/lsan.supp scripts/valgrind.supp; do
@@ -151,25 +153,33 @@ valgrind_detail() {
   echo "valgrind: ${errors:-?} errors, ${definite:-0} bytes definitely lost"
 }
 
+# run_asan_suite PASS WHAT SPECS [BUSTED OPTION...]
 run_asan_suite() {
-  local pass=$1 log=$OUT/$1.log started=$SECONDS status summary problem
-  shift
+  local pass=$1 what=$2 specs=$3 log=$OUT/$1.log started=$SECONDS status summary problem
+  shift 3
+  # shellcheck disable=SC2086
   "$ASAN_LUA" "$BUSTED" --ignore-lua --cpath=./build/asan/?.so \
-    -o plainTerminal --filter-out="$ASAN_FILTER_OUT" --exclude-tags="$ASAN_EXCLUDE_TAGS" "$@" spec >"$log" 2>&1
+    -o plainTerminal --filter-out="$ASAN_FILTER_OUT" --exclude-tags="$ASAN_EXCLUDE_TAGS" "$@" $specs >"$log" 2>&1
   status=$?
   summary=$(busted_summary "$log")
   problem=$(check_busted_log "$log" "$status")
   local extra
   extra=$(sed -n 's/^gc-aggressive: \([0-9]*\) full collections.*/, \1 forced full collections/p' "$log" | tail -n 1)
-  finish "$pass" "$log" "${summary%% :*}${extra}" "$problem" $((SECONDS - started))
+  finish "$pass" "$log" "$what: ${summary%% :*}${extra}" "$problem" $((SECONDS - started))
 }
 
 if wanted asan; then
-  run_asan_suite asan
+  run_asan_suite asan "whole suite" spec
 fi
 
 if wanted asan-gc; then
-  run_asan_suite asan-gc --helper=scripts/gc-aggressive.lua
+  if [ -n "$ci" ]; then
+    # shellcheck disable=SC2086
+    run_asan_suite asan-gc "CI subset (specs $CORE_CI_SPECS)" "$(spec_files $CORE_CI_SPECS)" \
+      --helper=scripts/gc-aggressive.lua
+  else
+    run_asan_suite asan-gc "whole suite" spec --helper=scripts/gc-aggressive.lua
+  fi
 fi
 
 if wanted gc-stress; then
@@ -187,8 +197,8 @@ if wanted valgrind; then
   log=$OUT/valgrind.log vlog=$OUT/valgrind.valgrind.log started=$SECONDS
   if [ -n "$ci" ]; then
     # shellcheck disable=SC2086
-    specs=$(spec_files $VALGRIND_CI_SPECS)
-    what="CI subset (specs $VALGRIND_CI_SPECS)"
+    specs=$(spec_files $CORE_CI_SPECS)
+    what="CI subset (specs $CORE_CI_SPECS)"
   else
     specs=$(spec_files)
     what="whole suite"
