@@ -19,6 +19,7 @@ int luaopen_rrpc_core(lua_State *L)
         {"pool", l_pool},
         {"redis", l_redis},
         {"budget", l_budget},
+        {"tls_sessions", l_tls_sessions},
         {"parse_url", l_parse_url},
         {"platform", l_platform},
         {"monotime", l_monotime},
@@ -34,6 +35,7 @@ int luaopen_rrpc_core(lua_State *L)
     rrpc_register_class(L, &rrpc_session_class);
     rrpc_register_class(L, &rrpc_pool_class);
     rrpc_register_class(L, &rrpc_budget_class);
+    rrpc_register_class(L, &rrpc_tls_sessions_class);
     rrpc_register_class(L, &rrpc_redis_class);
 
     lua_newtable(L);

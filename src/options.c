@@ -41,7 +41,8 @@ static char *opt_copy(lua_State *L, int t, const char *field)
 
 /* options: { connect_timeout=ms, idle_timeout=s, max_response_bytes=, receive_buffer_bytes=,
  *            response_budget=, verify=true, ca_file=, ca_path=, user_agent=, proxy=,
- *            no_proxy= }; the numbers and the budget are required. The caller must free
+ *            no_proxy=, http_version="1.1"|"2",
+ *            tls_sessions= }; the numbers and the budget are required. The caller must free
  * o's strings even when this raises, so o lives in a userdata whose __gc does. */
 void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o)
 {
@@ -50,6 +51,17 @@ void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o)
     o->max_response = (size_t)opt_number(L, t, "max_response_bytes", 1024, 1L << 30);
     /* libcurl's CURLOPT_BUFFERSIZE range */
     o->receive_buffer = opt_number(L, t, "receive_buffer_bytes", 1024, 10 * 1024 * 1024);
+    /* "1.1" (or absent: the metadata service's fetches) or "2": h2 when the TLS handshake
+     * agrees on it (ALPN), HTTP/1.1 otherwise and over plain http:// (rrpc.client refuses
+     * "2" there) */
+    lua_getfield(L, t, "http_version");
+    if (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "1.1") == 0))
+        o->http_version = CURL_HTTP_VERSION_1_1;
+    else if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "2") == 0)
+        o->http_version = CURL_HTTP_VERSION_2TLS;
+    else
+        luaL_error(L, "bad field 'http_version' (\"1.1\" or \"2\" expected)");
+    lua_pop(L, 1);
     lua_getfield(L, t, "verify");
     o->verify = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -66,6 +78,16 @@ void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o)
     o->budget = *(struct rrpc_budget **)lua_touserdata(L, -1);
     o->budget->refs++;
     lua_pop(L, 1);
+    lua_getfield(L, t, "tls_sessions");
+    if (!lua_isnil(L, -1)) {
+        struct rrpc_tls_sessions **box = luaL_testudata(L, -1, RRPC_TLS_SESSIONS_MT);
+        if (box == NULL || *box == NULL)
+            luaL_error(L, "bad field 'tls_sessions' (rrpc.core.tls_sessions expected, got %s)",
+                       luaL_typename(L, -1));
+        o->tls_sessions = *box;
+        o->tls_sessions->refs++;
+    }
+    lua_pop(L, 1);
 }
 
 void rrpc_options_free(struct rrpc_options *o)
@@ -78,4 +100,6 @@ void rrpc_options_free(struct rrpc_options *o)
     o->ca_file = o->ca_path = o->user_agent = o->proxy = o->no_proxy = NULL;
     rrpc_budget_release(o->budget);
     o->budget = NULL;
+    rrpc_tls_sessions_release(o->tls_sessions);
+    o->tls_sessions = NULL;
 }

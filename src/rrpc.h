@@ -11,6 +11,7 @@
 #define RRPC_POOL_MT "rrpc.pool"
 #define RRPC_BUDGET_MT "rrpc.budget"
 #define RRPC_REDIS_MT "rrpc.redis"
+#define RRPC_TLS_SESSIONS_MT "rrpc.tls_sessions"
 
 /* A string parameter or header, borrowed from a Lua string kept alive on the stack. */
 struct rrpc_kv {
@@ -55,6 +56,10 @@ int l_timestamp(lua_State *L);
 /* budget.c: budget(limit_bytes) --> a budget for option `response_budget` */
 extern const struct rrpc_class rrpc_budget_class;
 int l_budget(lua_State *L);
+
+/* tls_sessions.c: tls_sessions() --> TLS sessions for option `tls_sessions` */
+extern const struct rrpc_class rrpc_tls_sessions_class;
+int l_tls_sessions(lua_State *L);
 
 /* url.c */
 int l_parse_url(lua_State *L);

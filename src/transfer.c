@@ -140,6 +140,14 @@ const char *rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_option
     /* a Content-Length over the limit fails at once, before any of the body is read;
      * on_body bounds the rest (chunked, or decompressed) */
     SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_response, "max_response_bytes");
+    /* libcurl's own default would take h2 whenever a server offers it */
+    SET(CURLOPT_HTTP_VERSION, o->http_version, "http_version");
+    /* a batch's calls wait for the first connection to say whether it multiplexes,
+     * rather than each opening its own */
+    if (o->http_version != CURL_HTTP_VERSION_1_1)
+        SET(CURLOPT_PIPEWAIT, 1L, "http_version");
+    if (o->tls_sessions != NULL)
+        SET(CURLOPT_SHARE, o->tls_sessions->share, "libcurl");
     SET(CURLOPT_SSL_VERIFYPEER, o->verify ? 1L : 0L, "insecure_skip_tls_verify");
     SET(CURLOPT_SSL_VERIFYHOST, o->verify ? 2L : 0L, "insecure_skip_tls_verify");
     if (o->ca_file != NULL)

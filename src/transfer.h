@@ -20,13 +20,22 @@ struct rrpc_budget {
     int refs;
 };
 
+/* A libcurl share handle of TLS sessions (tls_sessions.c), counted by reference like the
+ * budget. */
+struct rrpc_tls_sessions {
+    CURLSH *share;
+    int refs;
+};
+
 /* Connection settings, copied out of the Lua options table. */
 struct rrpc_options {
     long connect_ms, idle_s, receive_buffer;
+    long http_version;           /* CURL_HTTP_VERSION_1_1 or _2TLS */
     size_t max_response;
     int verify;
     char *ca_file, *ca_path, *user_agent, *proxy, *no_proxy;
     struct rrpc_budget *budget;
+    struct rrpc_tls_sessions *tls_sessions; /* or NULL: each handle keeps its own */
 };
 
 struct rrpc_transfer {
@@ -53,6 +62,9 @@ void rrpc_options_free(struct rrpc_options *o);
 /* budget.c: pushes a new budget object; drops one reference */
 struct rrpc_budget *rrpc_push_budget(lua_State *L, lua_Number limit);
 void rrpc_budget_release(struct rrpc_budget *b);
+
+/* tls_sessions.c: drops one reference */
+void rrpc_tls_sessions_release(struct rrpc_tls_sessions *s);
 
 /* Creates the easy handle. Returns NULL, or what failed: the name of the option libcurl
  * refused, or "libcurl" when it cannot make a handle. */

@@ -116,6 +116,8 @@ client.NEW_OPTIONS = {
   -- a CR or LF would start a header of its own
   user_agent = { type = "string", check = no_control("user_agent") },
   insecure_skip_tls_verify = { type = "boolean" },
+  -- "2": h2 when the TLS handshake agrees on it; only over https:// (see new_with)
+  http_version = { type = "string", choices = { "1.1", "2" } },
   -- a limit shared by every call of the client (and, through Redis, of other hosts)
   quota = { type = "table", check = is_quota },
   max_quota_wait = { type = "integer", range = limits.MAX_QUOTA_WAIT },
@@ -196,13 +198,21 @@ function client.new_with(opts, transport, settings, level)
   settings.proxy = opts.proxy
   settings.no_proxy = opts.no_proxy
   settings.verify = not opts.insecure_skip_tls_verify
+  settings.http_version = opts.http_version or "1.1"
+  -- over plain http, h2 would need prior knowledge that the server speaks it: an
+  -- HTTP/1.1 server would fail every call, so the option fails here instead
+  if settings.http_version == "2" and not endpoint:find("^https://") then
+    args.raise("new", 1, "option 'http_version' \"2\" needs an https:// endpoint " ..
+               "(h2 is agreed on in the TLS handshake)", level)
+  end
   settings.quota = opts.quota
   settings.max_quota_wait = opts.max_quota_wait or limits.MAX_QUOTA_WAIT.default
 
   local provider = given_credentials(opts, level)
   local state, refused = transport.open(settings)
   if not state then
-    args.raise("new", 1, ("option '%s' was refused by the HTTP library (too long?)"):format(refused), level)
+    local why = refused == "http_version" and "libcurl without HTTP/2" or "too long?"
+    args.raise("new", 1, ("option '%s' was refused by the HTTP library (%s)"):format(refused, why), level)
   end
   -- the metadata service is reached through the client's transport
   local function fetch(method, url, headers, body, timeout_ms)

@@ -55,6 +55,11 @@ local OPTIONS = args.merge(client.NEW_OPTIONS, NGX_OPTIONS)
 -- within the quota).
 function M.new(opts)
   args.check("new", 1, opts, OPTIONS, 2)
+  -- nginx's upstream module speaks HTTP/1.1 to the platform, whatever is asked
+  if opts.http_version == "2" then
+    args.raise("new", 1,
+               "option 'http_version' \"2\" is not available in rrpc.ngx (nginx's upstream speaks HTTP/1.1)", 2)
+  end
   local plain, own = {}, {}
   for k, v in pairs(opts) do
     if NGX_OPTIONS[k] then own[k] = v else plain[k] = v end

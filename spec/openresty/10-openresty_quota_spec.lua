@@ -419,12 +419,15 @@ describe("rrpc_ngx.new and rrpc_ngx.on_abort #openresty #slow", function()
       { { location = "_rrpc" }, "option 'location' must be a location's URI, starting with \"/\", got \"_rrpc\"" },
       { { quota_dict = "nope" }, "option 'quota_dict': no lua_shared_dict \"nope\" in nginx.conf" },
       { { quota_dict = 1 }, "option 'quota_dict' must be a string, got number" },
+      { { http_version = "2" },
+        "option 'http_version' \"2\" is not available in rrpc.ngx (nginx's upstream speaks HTTP/1.1)" },
     }
     for _, case in ipairs(cases) do
       local _, reply = get("/__spec/new", cjson.encode(case[1]))
       assert.matches("bad argument #1 to 'new' (" .. case[2] .. ")", reply, 1, true)
     end
-    local _, reply = get("/__spec/new", cjson.encode { qps = 1, max_quota_wait = 0, quota_dict = "rrpc_quota" })
+    local _, reply = get("/__spec/new", cjson.encode { qps = 1, max_quota_wait = 0, quota_dict = "rrpc_quota",
+                                                            http_version = "1.1" })
     assert.equal("ok", reply)
   end)
 

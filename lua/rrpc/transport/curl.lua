@@ -6,7 +6,8 @@
 --
 --   open(settings) --> state | nil, option      the option it cannot take
 --     settings: connect_timeout, idle_timeout (s), max_response_bytes, max_response_memory,
---     receive_buffer_bytes, ca_file, ca_path, user_agent, proxy, no_proxy, verify, quota
+--     receive_buffer_bytes, ca_file, ca_path, user_agent, proxy, no_proxy, verify,
+--     http_version ("1.1" | "2"), quota
 --     (rrpc.quota, or nil) and max_quota_wait (ms), and the transport's own.
 --   send(state, url, headers, body, timeout_ms) --> status, headers, body | nil, err
 --     one POST to the platform; response headers with lower-case names; err an rrpc error
@@ -36,10 +37,13 @@ local quota = require "rrpc.quota"
 local curl = {}
 
 local SETTINGS = { "connect_timeout", "idle_timeout", "max_response_bytes", "receive_buffer_bytes",
-                   "ca_file", "ca_path", "user_agent", "proxy", "no_proxy", "verify" }
+                   "ca_file", "ca_path", "user_agent", "proxy", "no_proxy", "verify",
+                   "http_version" }
 
 function curl.open(settings)
-  local options = { response_budget = core.budget(settings.max_response_memory) }
+  -- the session and the pool resume each other's TLS sessions
+  local options = { response_budget = core.budget(settings.max_response_memory),
+                    tls_sessions = core.tls_sessions() }
   for _, name in ipairs(SETTINGS) do options[name] = settings[name] end
   local session, refused = core.session(options)
   if not session then return nil, refused end
