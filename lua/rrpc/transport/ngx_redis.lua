@@ -35,6 +35,21 @@ local function value_of(v)
   return v
 end
 
+-- lua-resty-redis 0.27 has no TLS option of its own: the handshake is made on its socket.
+-- resty.core loses the verification's verdict when the handshake completes at once (the
+-- first step, not after a wait): asked for no session it returns true for a certificate
+-- that did not verify (the first command then reads "closed"); asked for one, it fails an
+-- assertion instead (openresty/lua-resty-core#499, fixed upstream after the versions
+-- Debian ships). So a session is asked for (and dropped) and that assertion is a failure.
+local function handshake(sock, server_name)
+  local done, session, err = pcall(sock.sslhandshake, sock, nil, server_name, true)
+  if not done then
+    return nil, "the certificate did not verify for " .. server_name .. " (the library lost OpenSSL's reason)"
+  end
+  if err then return nil, tostring(err) end
+  return true, session
+end
+
 function Conn:run(commands)
   local target = self.target
   local red = redis:new()
@@ -43,13 +58,10 @@ function Conn:run(commands)
   if not ok then return nil, "cannot connect to Redis: " .. tostring(err) end
   if (red:get_reused_times() or 0) == 0 then
     if target.tls then
-      -- lua-resty-redis 0.27 has no TLS option of its own: the handshake on its socket
-      -- (false: no session to keep; asking for one trips an assertion of resty.core's
-      -- when the handshake fails)
-      ok, err = rawget(red, "_sock"):sslhandshake(false, target.server_name, true)
+      ok, err = handshake(rawget(red, "_sock"), target.server_name)
       if not ok then
         red:close()
-        return nil, "TLS handshake with Redis failed: " .. tostring(err)
+        return nil, "TLS handshake with Redis failed: " .. err
       end
     end
     if target.password then
