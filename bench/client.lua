@@ -4,6 +4,8 @@
 --   lua5.4 bench/client.lua sign CALLS SIGNATURE
 --   lua5.4 bench/client.lua batch ENDPOINT KEY SECRET PK DN CALLS CONCURRENCY QPS IDS_FILE
 --   lua5.4 bench/client.lua gateway GATEWAY_URL PK DN CALLS CONCURRENCY
+--   lua5.4 bench/client.lua requests ENDPOINT KEY SECRET PK DN COUNT TIMEOUT_MS TAG PATH
+--   lua5.4 bench/client.lua inflight ENDPOINT KEY SECRET PK DN CALLS CONCURRENCY TIMEOUT_MS TAG
 local rrpc = require "rrpc"
 local core = require "rrpc.core"
 local cjson = require "cjson"
@@ -37,23 +39,48 @@ local function client(endpoint, key, secret, signature)
 end
 
 local result
-if mode == "request" then
-  -- one signed RRpc request as rrpc sends it, for bench/floor.c: URL, header lines, body
-  local endpoint, key, secret, pk, dn, path = table.unpack(arg, 2)
+if mode == "requests" then
+  -- COUNT signed RRpc requests as rrpc sends them (payloads TAG-1...TAG-COUNT, a nonce
+  -- each), for bench/floor.c: per request its URL, header lines, an empty line, the body
+  local endpoint, key, secret, pk, dn, count, timeout, tag, path = table.unpack(arg, 2)
   local c = rrpc.new { endpoint = endpoint, access_key_id = key, access_key_secret = secret }
-  local call = require("rrpc.client").prepare_rrpc(c, "rrpc", { product_key = pk, device_name = dn,
-                                                                 payload = "ping 1" }, nil, 1)
-  local p = { credentials = require("rrpc.credentials").static { access_key_id = key, access_key_secret = secret } }
-  local url, headers, body = require("rrpc.client").sign(c, p, call)
   local f = assert(io.open(path, "wb"))
-  f:write(url, "\n")
-  local names = {}
-  for name in pairs(headers) do names[#names + 1] = name end
-  table.sort(names)
-  for _, name in ipairs(names) do f:write(name, ": ", headers[name], "\n") end
-  f:write("User-Agent: ", c.user_agent, "\n\n", body)
+  for i = 1, tonumber(count) do
+    local parts = assert(c:sign_rrpc { product_key = pk, device_name = dn, payload = tag .. "-" .. i,
+                                       timeout = tonumber(timeout) })
+    assert(not parts.body:find("\n"), "a body on one line") -- form-encoded
+    f:write(parts.url, "\n")
+    for name, value in pairs(parts.headers) do f:write(name, ": ", value, "\n") end
+    f:write("User-Agent: ", c.user_agent, "\n\n", parts.body, "\n")
+  end
   f:close()
-  result = { written = path }
+  -- the floor sets the receive buffer rrpc sets
+  result = { written = path, receive_buffer_bytes = rrpc.limits.RECEIVE_BUFFER_BYTES }
+elseif mode == "inflight" then
+  -- CALLS calls, CONCURRENCY in flight, no rate limit (a key without quota): payloads
+  -- TAG-1...TAG-CALLS, so that the emulator's arrival counts tell this run's calls apart
+  local endpoint, key, secret, pk, dn, calls, concurrency, timeout, tag = table.unpack(arg, 2)
+  calls, concurrency, timeout = tonumber(calls), tonumber(concurrency), tonumber(timeout)
+  local c = client(endpoint, key, secret, "v3")
+  local most_in_flight = 0
+  local function should_stop(stats) -- only watches: the most in flight at once, by rrpc's count
+    if stats.in_flight > most_in_flight then most_in_flight = stats.in_flight end
+  end
+  result = measure(function()
+    local made, ok, codes = 0, 0, {}
+    local function requests()
+      if made < calls then
+        made = made + 1
+        return { product_key = pk, device_name = dn, payload = tag .. "-" .. made, timeout = timeout }
+      end
+    end
+    for _, res, err in rrpc.each(c, requests, { concurrency = concurrency, qps = rrpc.limits.BATCH_QPS.max,
+                                                should_stop = should_stop }) do
+      if res then ok = ok + 1 else codes[err.code] = (codes[err.code] or 0) + 1 end
+    end
+    return { calls = calls, ok = ok, errors = codes }
+  end)
+  result.most_in_flight = most_in_flight
 elseif mode == "sequential" then
   local endpoint, key, secret, pk, dn, calls, signature = table.unpack(arg, 2)
   calls = tonumber(calls)

@@ -1,16 +1,24 @@
-/* The libcurl floor: a bare C program that sends the same request bytes as rrpc (read
- * from a file rrpc wrote: the URL, its header lines, an empty line, the body) with the
- * same libcurl settings, and does nothing with the answers but keep them. What rrpc costs
- * above this is rrpc's own.
+/* The libcurl floor: a bare C program that sends the requests rrpc signed (read from a
+ * file rrpc wrote: for each request its URL, its header lines, an empty line, its body
+ * on one line; each with a nonce of its own, so that the emulator answers each as it
+ * answers rrpc) with rrpc's libcurl settings, and does nothing with the answers but keep
+ * them. What rrpc costs above this is rrpc's own: the floor signs nothing and builds its
+ * header lists before it starts the clock.
  *
- *   floor REQUEST_FILE CALLS CONCURRENCY   (CONCURRENCY 1: one easy handle, sequential;
- *                                           more: the multi interface, that many in flight)
- * Prints one JSON line: calls, ok (HTTP answers), cpu_s, wall_s, rss_before_kb, peak_rss_kb. */
+ *   floor REQUESTS_FILE CALLS CONCURRENCY RECEIVE_BUFFER_BYTES
+ *     CONCURRENCY 1: one easy handle, a warm-up call on the first request, then CALLS
+ *     sequential calls; more: the multi interface driven by epoll and
+ *     curl_multi_socket_action (as rrpc's pool, src/pool.c: libcurl's way that does not
+ *     walk every transfer at each event), CONCURRENCY in flight, no warm-up.
+ *     RECEIVE_BUFFER_BYTES: CURLOPT_BUFFERSIZE, as rrpc sets it.
+ * Prints one JSON line: calls, ok (HTTP 200 answers), cpu_s, wall_s, rss_before_kb (after the
+ * requests are read, before any easy handle exists), peak_rss_kb. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <curl/curl.h>
 
@@ -19,10 +27,19 @@ struct buffer {
     size_t len, cap;
 };
 
+struct request {
+    char *url, *body;
+    size_t body_len;
+    struct curl_slist *headers;
+};
+
 struct call {
     CURL *easy;
     struct buffer body, head;
 };
+
+static struct request *requests;
+static long request_count, receive_buffer;
 
 static size_t keep(char *p, size_t size, size_t nmemb, void *ud)
 {
@@ -71,33 +88,46 @@ static double wall_seconds(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static char *url, *body;
-static size_t body_len;
-static struct curl_slist *headers;
-
-static void read_request(const char *path)
+static void fail(const char *what, const char *path)
 {
-    static char line[65536];
+    fprintf(stderr, "floor: %s: %s\n", path, what);
+    exit(2);
+}
+
+static void read_requests(const char *path)
+{
+    static char line[1 << 20];
+    long cap = 0;
     FILE *f = fopen(path, "rb");
-    size_t n;
-    if (f == NULL || fgets(line, sizeof line, f) == NULL) {
-        fprintf(stderr, "floor: cannot read %s\n", path);
-        exit(2);
-    }
-    line[strcspn(line, "\r\n")] = '\0';
-    url = strdup(line);
+    if (f == NULL)
+        fail("cannot open", path);
     while (fgets(line, sizeof line, f) != NULL) {
+        struct request *r;
         line[strcspn(line, "\r\n")] = '\0';
-        if (line[0] == '\0')
-            break;
-        headers = curl_slist_append(headers, line);
+        if (request_count == cap) {
+            cap = cap ? cap * 2 : 1024;
+            requests = realloc(requests, (size_t)cap * sizeof *requests);
+            if (requests == NULL)
+                fail("out of memory", path);
+        }
+        r = &requests[request_count++];
+        memset(r, 0, sizeof *r);
+        r->url = strdup(line);
+        while (fgets(line, sizeof line, f) != NULL) {
+            line[strcspn(line, "\r\n")] = '\0';
+            if (line[0] == '\0')
+                break;
+            r->headers = curl_slist_append(r->headers, line);
+        }
+        /* as rrpc sends them: no 100-continue, no catch-all Accept */
+        r->headers = curl_slist_append(r->headers, "Expect:");
+        r->headers = curl_slist_append(r->headers, "Accept:");
+        if (fgets(line, sizeof line, f) == NULL)
+            fail("a request without a body line", path);
+        line[strcspn(line, "\r\n")] = '\0';
+        r->body = strdup(line);
+        r->body_len = strlen(line);
     }
-    /* as rrpc sends them: no 100-continue, no catch-all Accept */
-    headers = curl_slist_append(headers, "Expect:");
-    headers = curl_slist_append(headers, "Accept:");
-    body = malloc(1 << 20);
-    n = fread(body, 1, 1 << 20, f);
-    body_len = n;
     fclose(f);
 }
 
@@ -112,12 +142,8 @@ static void set_up(struct call *c)
     curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, 8L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, receive_buffer);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 15000L);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, keep);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &c->body);
@@ -126,65 +152,137 @@ static void set_up(struct call *c)
     curl_easy_setopt(e, CURLOPT_PRIVATE, c);
 }
 
+/* the next request's bytes on the handle, as rrpc sets them per call */
+static void aim(struct call *c, const struct request *r)
+{
+    c->body.len = c->head.len = 0;
+    curl_easy_setopt(c->easy, CURLOPT_URL, r->url);
+    curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, r->headers);
+    curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
+    curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, r->body);
+}
+
+static int answered(CURL *easy, CURLcode code)
+{
+    long status = 0;
+    return code == CURLE_OK && curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
+           status == 200;
+}
+
+static int epoll_fd;
+static long long timer_at = -1; /* when libcurl wants its timeout handled (ms), or -1 */
+
+static long long now_ms(void)
+{
+    return (long long)(wall_seconds() * 1000);
+}
+
+/* libcurl says which events a socket needs; epoll watches for them. A socket libcurl has
+ * not seen before is added, one it has is modified (curl_multi_assign marks it). */
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    struct epoll_event ev;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(epoll_fd, EPOLL_CTL_DEL, fd, NULL);
+        return 0;
+    }
+    memset(&ev, 0, sizeof ev);
+    ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
+    ev.data.fd = fd;
+    if (socketp == NULL) {
+        epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+        curl_multi_assign(userp, fd, &epoll_fd);
+    } else {
+        epoll_ctl(epoll_fd, EPOLL_CTL_MOD, fd, &ev);
+    }
+    return 0;
+}
+
+static int on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    timer_at = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    long calls, concurrency, ok = 0, started = 0, i, rss_before;
+    long calls, concurrency, ok = 0, started = 0, i, rss_before, needed;
     double cpu, wall;
     struct call *pool;
-    if (argc != 4) {
-        fprintf(stderr, "usage: floor REQUEST_FILE CALLS CONCURRENCY\n");
+    if (argc != 5) {
+        fprintf(stderr, "usage: floor REQUESTS_FILE CALLS CONCURRENCY RECEIVE_BUFFER_BYTES\n");
         return 2;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    read_request(argv[1]);
+    read_requests(argv[1]);
     calls = strtol(argv[2], NULL, 10);
     concurrency = strtol(argv[3], NULL, 10);
-    pool = calloc((size_t)concurrency, sizeof *pool);
-    for (i = 0; i < concurrency; i++)
-        set_up(&pool[i]);
-    /* warm up: the connection, as rrpc's bench does */
-    curl_easy_perform(pool[0].easy);
-    pool[0].body.len = pool[0].head.len = 0;
+    receive_buffer = strtol(argv[4], NULL, 10);
+    needed = concurrency == 1 ? calls + 1 : calls;
+    if (calls < 1 || concurrency < 1 || receive_buffer < 1 || request_count < needed) {
+        fprintf(stderr, "floor: %ld calls need %ld requests, %s has %ld\n", calls, needed, argv[1],
+                request_count);
+        return 2;
+    }
     rss_before = memory_kb("VmRSS");
+    pool = calloc((size_t)concurrency, sizeof *pool);
+    if (concurrency == 1) {
+        set_up(&pool[0]);
+        aim(&pool[0], &requests[started++]);
+        curl_easy_perform(pool[0].easy); /* warm up: the connection, as rrpc's bench does */
+    }
     cpu = cpu_seconds();
     wall = wall_seconds();
     if (concurrency == 1) {
         for (i = 0; i < calls; i++) {
-            long status = 0;
-            pool[0].body.len = pool[0].head.len = 0;
-            if (curl_easy_perform(pool[0].easy) == CURLE_OK &&
-                curl_easy_getinfo(pool[0].easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status > 0)
+            aim(&pool[0], &requests[started++]);
+            if (answered(pool[0].easy, curl_easy_perform(pool[0].easy)))
                 ok++;
         }
     } else {
         CURLM *multi = curl_multi_init();
         long done = 0;
+        int running;
+        epoll_fd = epoll_create1(EPOLL_CLOEXEC);
         curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, concurrency);
-        for (i = 0; i < concurrency && started < calls; i++, started++)
+        curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+        curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, multi);
+        curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
+        for (i = 0; i < concurrency && started < calls; i++) {
+            set_up(&pool[i]);
+            aim(&pool[i], &requests[started++]);
             curl_multi_add_handle(multi, pool[i].easy);
+        }
         while (done < calls) {
-            int running, left;
+            struct epoll_event events[256];
+            long long wait = timer_at < 0 ? 1000 : timer_at - now_ms();
+            int n, left, k;
             CURLMsg *msg;
-            curl_multi_perform(multi, &running);
+            n = epoll_wait(epoll_fd, events, 256, wait < 0 ? 0 : (int)wait);
+            for (k = 0; k < n; k++) {
+                int flags = ((events[k].events & EPOLLIN) ? CURL_CSELECT_IN : 0) |
+                            ((events[k].events & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
+                            ((events[k].events & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
+                curl_multi_socket_action(multi, events[k].data.fd, flags, &running);
+            }
+            if (timer_at >= 0 && now_ms() >= timer_at) {
+                timer_at = -1;
+                curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+            }
             while ((msg = curl_multi_info_read(multi, &left)) != NULL) {
                 struct call *c;
-                long status = 0;
                 if (msg->msg != CURLMSG_DONE)
                     continue;
                 curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c);
-                if (msg->data.result == CURLE_OK &&
-                    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status > 0)
+                if (answered(c->easy, msg->data.result))
                     ok++;
                 done++;
                 curl_multi_remove_handle(multi, c->easy);
-                c->body.len = c->head.len = 0;
                 if (started < calls) {
+                    aim(c, &requests[started++]);
                     curl_multi_add_handle(multi, c->easy);
-                    started++;
                 }
             }
-            if (done < calls)
-                curl_multi_poll(multi, NULL, 0, 100, NULL);
         }
         curl_multi_cleanup(multi);
     }

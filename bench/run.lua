@@ -1,10 +1,13 @@
--- make bench: rrpc against the official Node.js SDKs and against the ideal, all measured
--- in this run, against the emulator on loopback. Each client runs in a process of its own.
+-- make bench: rrpc against the official Node.js SDKs and against the libcurl floor, all
+-- measured in this run, against the emulator on loopback. Each client runs in a process of
+-- its own. The sections are called in order at the end of this file.
 local cjson = require "cjson"
+local core = require "rrpc.core"
 local emulator = require "emulator"
 local gateway_server = require "gateway_server"
 local quota_run = require "quota_run"
 local redis_server = require "redis_server"
+local system = require "system"
 
 local FLOOR = os.getenv("BENCH_FLOOR") or "build/bench/floor"
 local SEQUENTIAL_CALLS = tonumber(os.getenv("BENCH_SEQUENTIAL_CALLS") or 1000)
@@ -16,37 +19,66 @@ local PK, ECHO, D200 = "a1RRpcDemo", "echo", "d200"
 local BENCH_PK = "a1Bench"
 -- 5. processes sharing one quota through Redis (rrpc.quota.redis)
 local SHARED_PROCESSES, SHARED_SECONDS = 4, tonumber(os.getenv("BENCH_SHARED_SECONDS") or 10)
+-- 6. calls truly in flight: at each level a device that answers late enough for all of
+-- them to be sent before the first answer (the device's latency holds them at the
+-- emulator), ROUNDS calls per connection. testid has no quota; RRpc's Timeout is at most
+-- 8 s, so 8000 is the most a 1000/s quota could have in flight.
+local IN_FLIGHT_ROUNDS = tonumber(os.getenv("BENCH_IN_FLIGHT_ROUNDS") or 3)
+local IN_FLIGHT_TIMEOUT_MS = 8000
+local IN_FLIGHT_LEVELS = {
+  { calls_in_flight = 100, latency_ms = 1000 },
+  { calls_in_flight = 1000, latency_ms = 2000 },
+  { calls_in_flight = 8000, latency_ms = 7000 },
+}
+local SDKS = { "pop-core", "iot20180120" }
+
+-- 8000 connections need more descriptors than the usual soft limit of 1024.
+local SHELL_PREFIX = "ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); "
+local LUA_CLIENT = "env LUA_PATH='./lua/?.lua;./spec/support/?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' "
+  .. "lua5.4 bench/client.lua"
+local ERRORS = "/tmp/rrpc-bench.err"
 
 local emu -- the emulator every client talks to
 
--- 1000 connections need more descriptors than the usual soft limit of 1024.
-local SHELL_PREFIX = "ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); "
-
-local function run_json(command)
-  local pipe = assert(io.popen(SHELL_PREFIX .. command .. " 2>/tmp/rrpc-bench.err"))
-  local out = pipe:read("a")
-  local ok = pipe:close()
+local function decode_last_line(command, out, ok)
   local last = out:match("([^\n]+)\n?$")
   if not ok or not last then
-    local f = io.open("/tmp/rrpc-bench.err")
+    local f = io.open(ERRORS)
     error(("benchmark step failed: %s\n%s%s"):format(command, out, f and f:read("a") or ""))
   end
   return cjson.decode(last)
 end
 
-local function lua_client(...)
-  local argv = { ... }
-  for i, a in ipairs(argv) do argv[i] = ("'%s'"):format(a) end
-  return run_json("LUA_PATH='./lua/?.lua;./spec/support/?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/client.lua "
-    .. table.concat(argv, " "))
+local function run_json(command)
+  local pipe = assert(io.popen(SHELL_PREFIX .. command .. " 2>" .. ERRORS))
+  local out = pipe:read("a")
+  return decode_last_line(command, out, pipe:close())
+end
+
+local function quoted(list)
+  local argv = {}
+  for i, a in ipairs(list) do argv[i] = ("'%s'"):format(a) end
+  return table.concat(argv, " ")
+end
+
+local function lua_command(...) return LUA_CLIENT .. " " .. quoted { ... } end
+
+local function lua_client(...) return run_json(lua_command(...)) end
+
+local function node_command(sdk, endpoint, key, secret, pk, dn, calls, concurrency, extra)
+  return ("node bench/peers/rrpc-bench.js --sdk %s --endpoint %s --key %s --secret %s " ..
+    "--product %s --device %s --calls %d --concurrency %d%s"):format(sdk, endpoint, key, secret, pk,
+    dn, calls, concurrency, extra or "")
+end
+
+local function with_cpu(r)
+  r.cpu_s = r.cpu_s or r.cpu_user_s + r.cpu_sys_s
+  return r
 end
 
 local function node_client(sdk, endpoint, key, secret, pk, dn, calls, concurrency, ids)
-  local r = run_json(("node bench/peers/rrpc-bench.js --sdk %s --endpoint %s --key %s --secret %s " ..
-    "--product %s --device %s --calls %d --concurrency %d%s"):format(sdk, endpoint, key, secret, pk,
-    dn, calls, concurrency, ids and " --dump-ids" or ""))
-  r.cpu_s = r.cpu_user_s + r.cpu_sys_s
-  return r
+  return with_cpu(run_json(node_command(sdk, endpoint, key, secret, pk, dn, calls, concurrency,
+    ids and " --dump-ids")))
 end
 
 local function http_get(url, method)
@@ -92,15 +124,69 @@ end
 
 local function per_call_us(r) return r.cpu_s / r.calls * 1e6 end
 
--- setup ------------------------------------------------------------------------------
-emu = emulator.start { workers = 2 }
-local ok, failure = pcall(function()
-  local lines = {}
-  local function say(fmt, ...) local s = fmt:format(...) print(s) lines[#lines + 1] = s end
+-- RRpc requests that have reached the emulator since the last reset (arrivals.lua counts
+-- them when their parameters are read, before any check).
+local function arrived()
+  local total = 0
+  for _, count in pairs(cjson.decode(http_get(emu.url .. "/__emulator/arrivals"))) do total = total + count end
+  return total
+end
 
-  print(("rrpc bench: emulator %s, %d cores"):format(emu.url, tonumber(io.popen("nproc"):read("a")) or 0))
+local function rss_kb_of(pid)
+  local f = io.open("/proc/" .. pid .. "/status")
+  if not f then return nil end
+  local kb = f:read("a"):match("\nVmRSS:%s+(%d+) kB")
+  f:close()
+  return tonumber(kb)
+end
 
-  -- 1. CPU per call, sequential on one kept-alive connection ---------------------------
+-- Runs a client that starts `n` calls to a device answering `latency_ms` after each
+-- arrives, and watches it from outside while no answer can have left the emulator (the
+-- first leaves `latency_ms` after the first arrival, which is after this starts the
+-- client): the emulator's count of arrivals then is the number of calls truly in flight,
+-- and the client's VmRSS (/proc/PID/status) is read right after it. Adds to the client's
+-- JSON line: in_flight (the most calls seen in flight), rss_in_flight_kb (the highest RSS
+-- read while that many were; it only grows until the first answer).
+local function watched(command, latency_ms)
+  http_get(emu.url .. "/__emulator/arrivals/reset", "POST")
+  local started = core.monotime()
+  local window = latency_ms / 1000
+  local pipe = assert(io.popen(SHELL_PREFIX .. "echo $$; exec " .. command .. " 2>" .. ERRORS))
+  local pid = pipe:read("l")
+  local in_flight, rss = 0, nil
+  while core.monotime() - started < window do
+    local count = arrived()
+    local kb = rss_kb_of(pid)
+    if not kb or core.monotime() - started >= window then break end
+    if count > in_flight or (count == in_flight and kb > (rss or 0)) then in_flight, rss = count, kb end
+    system.sleep(0.05)
+  end
+  local r = decode_last_line(command, pipe:read("a"), pipe:close())
+  r.in_flight, r.rss_in_flight_kb = in_flight, rss
+  return with_cpu(r)
+end
+
+-- emulator/devices.json with the devices section 6 needs: each answers after a fixed delay.
+local function devices_file()
+  local f = assert(io.open("emulator/devices.json"))
+  local registry = cjson.decode(f:read("a"))
+  f:close()
+  for _, level in ipairs(IN_FLIGHT_LEVELS) do
+    registry.products[BENCH_PK].devices["hold" .. level.latency_ms] =
+      { behaviour = "echo", latency = { dist = "fixed", ms = level.latency_ms } }
+  end
+  local path = os.tmpname()
+  f = assert(io.open(path, "w"))
+  f:write(cjson.encode(registry))
+  f:close()
+  return path
+end
+
+local bench = {} -- what the sections share: bench.say, and what they measured
+
+-- 1. CPU per call, sequential on one kept-alive connection -----------------------------
+local function sequential()
+  local say = bench.say
   local seq = {
     { "rrpc (V3)", lua_client("sequential", emu.url, "testid", "testsecret", PK, ECHO, SEQUENTIAL_CALLS, "v3") },
     { "rrpc (V1)", lua_client("sequential", emu.url, "testid", "testsecret", PK, ECHO, SEQUENTIAL_CALLS, "v1") },
@@ -129,8 +215,14 @@ local ok, failure = pcall(function()
     100 * per_call_us(sign.v1) / per_call_us(seq[2][2]), 100 * per_call_us(sign.v3) / per_call_us(seq[1][2]))
   say("The on_call hook with an rrpc.metrics collector: %+.1f µs per call (%.3f of the call without it, same run).",
     per_call_us(seq[3][2]) - per_call_us(seq[1][2]), per_call_us(seq[3][2]) / per_call_us(seq[1][2]))
+end
 
-  -- 2. 10,000 calls to 200 ms devices at concurrency 1000, qps 1000 ---------------------
+-- 2. 10,000 calls to 200 ms devices at concurrency 1000, qps 1000 -----------------------
+-- 3. the same work through the official SDKs, at the same concurrency. They cannot hold
+-- to a quota, so they run on a key without one; their peak rate shows what the platform
+-- would throttle.
+local function quota_batch()
+  local say = bench.say
   http_get(emu.url .. "/__emulator/stats/reset", "POST")
   local ids_file = os.tmpname()
   local batch = lua_client("batch", emu.url, "bench-key", "benchsecret", BENCH_PK, D200, BATCH_CALLS, CONCURRENCY, QPS, ids_file)
@@ -141,11 +233,8 @@ local ok, failure = pcall(function()
   os.remove(ids_file)
   local ideal = BATCH_CALLS / QPS + DEVICE_LATENCY_S
 
-  -- 3. the same work through the official SDKs, at the same concurrency. They cannot hold
-  -- to a quota, so they run on a key without one; their peak rate shows what the
-  -- platform would throttle.
   local node = {}
-  for _, sdk in ipairs { "pop-core", "iot20180120" } do
+  for _, sdk in ipairs(SDKS) do
     http_get(emu.url .. "/__emulator/stats/reset", "POST")
     local r = node_client(sdk, emu.url, "testid", "testsecret", BENCH_PK, D200, BATCH_CALLS, CONCURRENCY, true)
     r.peak = max_per_second("testid")
@@ -154,9 +243,8 @@ local ok, failure = pcall(function()
     node[#node + 1] = { "@alicloud/" .. sdk, r }
   end
 
-  local memory_per_call = (batch.peak_rss_kb - batch.rss_before_kb) / CONCURRENCY
   say("")
-  say("2./3. %d calls to devices answering in 200 ms, %d in flight", BATCH_CALLS, CONCURRENCY)
+  say("2./3. %d calls to devices answering in 200 ms, --concurrency %d", BATCH_CALLS, CONCURRENCY)
   say("")
   say("| client | wall | ideal %.1f s | peak calls/s seen | ok | CPU per call | peak RSS | MessageIds exact |", ideal)
   say("|---|---|---|---|---|---|---|---|")
@@ -168,19 +256,20 @@ local ok, failure = pcall(function()
       r.wall_s / ideal, r.peak, r.ok, per_call_us(r), r.peak_rss_kb / 1024, r.exact, r.total)
   end
   say("")
-  say("rrpc: %.1f KB of client memory per unit of --concurrency (peak RSS %.1f MB over %.1f MB before the batch, / %d,"
-    .. " the concurrency option: at this qps and latency fewer calls are really in flight, so this is no per-call figure);"
-    .. " busiest second at the emulator %d (quota %d).", memory_per_call, batch.peak_rss_kb / 1024,
-    batch.rss_before_kb / 1024, CONCURRENCY, rrpc_peak, QPS)
+  say("rrpc: busiest second at the emulator %d (quota %d); at this qps and latency about %d calls are in flight at once,"
+    .. " not %d: memory per call truly in flight is section 6's.", rrpc_peak, QPS, QPS * DEVICE_LATENCY_S, CONCURRENCY)
   local best_node_cpu = math.min(per_call_us(node[1][2]), per_call_us(node[2][2]))
   say("")
-  say("Targets: CPU per call <= 1/3 of the best SDK: %.2f (sequential), %.2f (batch); wall within 5%% of ideal: %+.1f%%; "
-    .. "no second above the quota: %s; under 16 KB per unit of concurrency: %.1f KB; every MessageId exact: %s.",
-    per_call_us(seq[1][2]) / best_sdk, per_call_us(batch) / best_node_cpu, 100 * (batch.wall_s / ideal - 1),
-    rrpc_peak <= QPS and "yes" or "NO", memory_per_call, rrpc_exact == rrpc_total and rrpc_total == BATCH_CALLS and "yes" or "NO")
+  say("Targets: CPU per call <= 1/3 of the best SDK: %.2f (batch; sequential: section 1's last column); wall within"
+    .. " 5%% of ideal: %+.1f%%; no second above the quota: %s; every MessageId exact: %s.",
+    per_call_us(batch) / best_node_cpu, 100 * (batch.wall_s / ideal - 1),
+    rrpc_peak <= QPS and "yes" or "NO", rrpc_exact == rrpc_total and rrpc_total == BATCH_CALLS and "yes" or "NO")
+end
 
-  -- 4. the OpenResty gateway (one worker) in front of the same emulator, against rrpc.each
-  -- calling the emulator directly at the same concurrency
+-- 4. the OpenResty gateway (one worker) in front of the same emulator, against rrpc.each
+-- calling the emulator directly at the same concurrency ----------------------------------
+local function gateway()
+  local say = bench.say
   local gw = gateway_server.start { endpoint = emu.url, workers = 1, qps = 1000000 }
   local through, direct_run
   local gw_ok, gw_failure = pcall(function()
@@ -200,9 +289,12 @@ local ok, failure = pcall(function()
   say("| rrpc.each -> emulator | %.0f | %d | 1.00 |", direct_run.calls / direct_run.wall_s, direct_run.ok)
   say("| HTTP -> gateway (rrpc.ngx) -> emulator | %.0f | %d | %.2f |", through.calls / through.wall_s, through.ok,
     (through.calls / through.wall_s) / (direct_run.calls / direct_run.wall_s))
+end
 
-  -- 5. processes sharing the account's quota through Redis, each a batch with demand
-  -- above the whole quota, on the key whose quota the emulator enforces
+-- 5. processes sharing the account's quota through Redis, each a batch with demand above
+-- the whole quota, on the key whose quota the emulator enforces ---------------------------
+local function shared_quota()
+  local say = bench.say
   local redis = redis_server.start {}
   local shared_ok, shared = pcall(function()
     http_get(emu.url .. "/__emulator/stats/reset", "POST")
@@ -234,30 +326,101 @@ local ok, failure = pcall(function()
   say("busiest second at the emulator %d (quota %d); total %d of the ideal %d (%.3f); %.3f Redis round trips per call;"
     .. " %d throttled by the platform, %d sent on a fallback.", shared.peak, QPS, shared.total, shared_ideal,
     shared.total / shared_ideal, shared.round_trips / math.max(shared.ok, 1), shared.throttled, shared.fallback)
+end
 
-  -- 6. the libcurl floor: bench/floor.c (built by make bench) sends the bytes of a request
-  -- rrpc signed, with rrpc's libcurl settings, and does nothing else; the emulator answers
-  -- its repeated nonce with a 400 of about the size of an RRpc answer
-  local request_file = os.tmpname()
-  lua_client("request", emu.url, "testid", "testsecret", PK, ECHO, request_file)
-  local floor = {
-    sequential = run_json(("%s %s %d 1"):format(FLOOR, request_file, SEQUENTIAL_CALLS)),
-    parallel = run_json(("%s %s %d %d"):format(FLOOR, request_file, GATEWAY_CALLS, GATEWAY_CONCURRENCY)),
-  }
-  os.remove(request_file)
-  local parallel_ids = os.tmpname()
-  local rrpc_parallel = lua_client("batch", emu.url, "testid", "testsecret", PK, ECHO, GATEWAY_CALLS,
-    GATEWAY_CONCURRENCY, 1000000, parallel_ids)
-  os.remove(parallel_ids)
+-- 6. against the libcurl floor (bench/floor.c, built by make bench: the bytes of requests
+-- rrpc signed, rrpc's libcurl settings, nothing else), sequential and with calls truly in
+-- flight; the official SDKs at the same levels -------------------------------------------
+local function floor_requests(pk, dn, count, tag)
+  local path = os.tmpname()
+  local r = lua_client("requests", emu.url, "testid", "testsecret", pk, dn, count, IN_FLIGHT_TIMEOUT_MS, tag, path)
+  return path, r.receive_buffer_bytes
+end
+
+local function kb_per_call(r) return (r.rss_in_flight_kb - r.rss_before_kb) / r.in_flight end
+
+local function in_flight()
+  local say = bench.say
+  local path, buffer = floor_requests(PK, ECHO, SEQUENTIAL_CALLS + 1, "seq")
+  local floor_seq = run_json(("%s %s %d 1 %d"):format(FLOOR, path, SEQUENTIAL_CALLS, buffer))
+  os.remove(path)
+  local seq_rrpc = lua_client("sequential", emu.url, "testid", "testsecret", PK, ECHO, SEQUENTIAL_CALLS, "v3")
+  local levels = {}
+  for _, level in ipairs(IN_FLIGHT_LEVELS) do
+    local n, device = level.calls_in_flight, "hold" .. level.latency_ms
+    local calls = n * IN_FLIGHT_ROUNDS
+    local tag = "n" .. n
+    path = floor_requests(BENCH_PK, device, calls, tag)
+    local row = { n = n, latency_ms = level.latency_ms, calls = calls }
+    row.floor = watched(("%s %s %d %d %d"):format(FLOOR, path, calls, n, buffer), level.latency_ms)
+    os.remove(path)
+    row.rrpc = watched(lua_command("inflight", emu.url, "testid", "testsecret", BENCH_PK, device, calls, n,
+      IN_FLIGHT_TIMEOUT_MS, tag), level.latency_ms)
+    for _, sdk in ipairs(SDKS) do
+      row[sdk] = watched(node_command(sdk, emu.url, "testid", "testsecret", BENCH_PK, device, calls, n,
+        (" --timeout %d --payload %s"):format(IN_FLIGHT_TIMEOUT_MS, tag)), level.latency_ms)
+    end
+    levels[#levels + 1] = row
+  end
+  bench.floor = { sequential = floor_seq, rrpc_sequential = seq_rrpc, levels = levels }
+
   say("")
-  say("6. Against the libcurl floor (bench/floor.c: the same request bytes and libcurl settings, nothing else)")
+  say("6. Against the libcurl floor (bench/floor.c: the bytes of requests rrpc signed, rrpc's libcurl settings and"
+    .. " receive buffer (%d bytes), nothing else), and the official SDKs", buffer)
   say("")
-  say("| calls in flight | rrpc CPU per call | floor CPU per call | rrpc / floor |")
-  say("|---|---|---|---|")
-  say("| 1 (sequential) | %.0f µs | %.0f µs | %.2f |", per_call_us(seq[1][2]), per_call_us(floor.sequential),
-    per_call_us(seq[1][2]) / per_call_us(floor.sequential))
-  say("| %d | %.0f µs | %.0f µs | %.2f |", GATEWAY_CONCURRENCY, per_call_us(rrpc_parallel), per_call_us(floor.parallel),
-    per_call_us(rrpc_parallel) / per_call_us(floor.parallel))
+  say("CPU per call: user+sys of the client process / calls. Sequential: %d calls to an echo device on one connection"
+    .. " (rrpc's measured again next to the floor's). In flight: %d calls per connection (%d rounds of N) to a device answering after"
+    .. " the latency shown; testid has no quota, RRpc Timeout %d ms.", SEQUENTIAL_CALLS, IN_FLIGHT_ROUNDS,
+    IN_FLIGHT_ROUNDS, IN_FLIGHT_TIMEOUT_MS)
+  say("Memory per call in flight: (the client's VmRSS read while no answer can have left the emulator and it counted"
+    .. " that many arrivals, minus its VmRSS before the calls) / those calls.")
+  say("")
+  say("| calls in flight | client | CPU per call | vs floor | in flight at the emulator | memory per call in flight"
+    .. " | vs floor | ok |")
+  say("|---|---|---|---|---|---|---|---|")
+  say("| 1 (sequential) | libcurl floor | %.0f µs | 1.00 | | | | %d/%d |", per_call_us(floor_seq), floor_seq.ok,
+    floor_seq.calls)
+  say("| 1 (sequential) | rrpc | %.0f µs | %.2f | | | | %d/%d |", per_call_us(seq_rrpc),
+    per_call_us(seq_rrpc) / per_call_us(floor_seq), seq_rrpc.ok, seq_rrpc.calls)
+  for _, row in ipairs(levels) do
+    for _, client in ipairs { { "libcurl floor", row.floor }, { "rrpc", row.rrpc },
+                              { "@alicloud/pop-core", row["pop-core"] }, { "@alicloud/iot20180120", row.iot20180120 } } do
+      local r = client[2]
+      say("| %d (%d ms device) | %s | %.0f µs | %.2f | %d | %.1f KB | %+.1f KB | %d/%d |", row.n, row.latency_ms,
+        client[1], per_call_us(r), per_call_us(r) / per_call_us(row.floor), r.in_flight, kb_per_call(r),
+        kb_per_call(r) - kb_per_call(row.floor), r.ok, r.calls)
+    end
+  end
+  say("")
+  local ratios, growth = {}, {}
+  for _, row in ipairs(levels) do
+    ratios[#ratios + 1] = ("%.2f at %d"):format(per_call_us(row.rrpc) / per_call_us(row.floor), row.n)
+    growth[#growth + 1] = ("%.0f"):format(per_call_us(row.rrpc))
+  end
+  say("Targets: rrpc's CPU per call within 1.3x the floor's: %.2f sequential, %s in flight; no growth from 100 to"
+    .. " 8000 in flight: %s µs.", per_call_us(seq_rrpc) / per_call_us(floor_seq), table.concat(ratios, ", "),
+    table.concat(growth, " -> "))
+end
+
+-- the run: the emulator, then each section in turn --------------------------------------
+local devices = devices_file()
+emu = emulator.start { workers = 2, devices = devices }
+local ok, failure = pcall(function()
+  local lines = {}
+  function bench.say(fmt, ...) local s = fmt:format(...) print(s) lines[#lines + 1] = s end
+  print(("rrpc bench: emulator %s, %d cores"):format(emu.url, tonumber(io.popen("nproc"):read("a")) or 0))
+  local sections = { sequential = sequential, quota_batch = quota_batch, gateway = gateway, shared_quota = shared_quota,
+                     in_flight = in_flight }
+  -- BENCH_SECTIONS="in_flight gateway": only those, in this order
+  local order = { "sequential", "quota_batch", "gateway", "shared_quota", "in_flight" }
+  if os.getenv("BENCH_SECTIONS") then
+    order = {}
+    for name in os.getenv("BENCH_SECTIONS"):gmatch("%S+") do
+      order[#order + 1] = assert(sections[name] and name, "BENCH_SECTIONS: no section " .. name)
+    end
+  end
+  for _, name in ipairs(order) do sections[name]() end
 end)
 emu:stop()
+os.remove(devices)
 if not ok then error(failure, 0) end

@@ -215,6 +215,7 @@ async function main() {
     }
   }
 
+  const rssBefore = process.memoryUsage().rss;
   const cpu0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
   const workers = [];
@@ -231,6 +232,7 @@ async function main() {
     wall_s: Number(wall.toFixed(3)),
     cpu_user_s: Number((cpu.user / 1e6).toFixed(3)),
     cpu_sys_s: Number((cpu.system / 1e6).toFixed(3)),
+    rss_before_kb: Math.round(rssBefore / 1024),
     peak_rss_kb: process.resourceUsage().maxRSS,
     // MessageIds that arrived as JS numbers beyond 2^53 (already rounded), of those seen
     mid_unsafe: midUnsafe,
