@@ -24,6 +24,7 @@ packages=(
                                             # the client library's header, the registry's JSON
   curl ca-certificates procps               # the specs' readiness checks and process control
   python3-prometheus-client                 # the specs read rrpc.metrics with Prometheus's parser
+  python3-h2                                # spec/client/25: a hostile HTTP/2 server (refused and reset streams)
   clang libclang-rt-dev llvm valgrind       # make fuzz, make check-memory: clang with its
                                             # sanitizer and libFuzzer runtimes, llvm-symbolizer
                                             # and llvm-cov, valgrind

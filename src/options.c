@@ -62,6 +62,11 @@ void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o)
     else
         luaL_error(L, "bad field 'http_version' (\"1.1\" or \"2\" expected)");
     lua_pop(L, 1);
+    if (o->http_version != CURL_HTTP_VERSION_1_1) {
+        o->goaways = calloc(1, sizeof *o->goaways);
+        if (o->goaways == NULL)
+            luaL_error(L, "out of memory");
+    }
     lua_getfield(L, t, "verify");
     o->verify = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -102,4 +107,6 @@ void rrpc_options_free(struct rrpc_options *o)
     o->budget = NULL;
     rrpc_tls_sessions_release(o->tls_sessions);
     o->tls_sessions = NULL;
+    free(o->goaways);
+    o->goaways = NULL;
 }

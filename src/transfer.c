@@ -102,7 +102,65 @@ static int on_request_start(void *ud, char *primary_ip, char *local_ip, int prim
                             int local_port)
 {
     struct rrpc_transfer *t = ud;
-    return ++t->requests_started > 1 ? CURL_PREREQFUNC_ABORT : CURL_PREREQFUNC_OK;
+    if (++t->requests_started == 1) {
+        t->local_port = local_port;
+        return CURL_PREREQFUNC_OK;
+    }
+    /* libcurl 7.88 writes an HTTP/2 request again when its stream was refused (lib/http2.c:
+     * REFUSED_STREAM, sent or implied by a GOAWAY, is its only receive error that leaves no
+     * message) or when its connection died (always with a message) */
+    if (t->requests_started == 2 && t->h2_stream > 0 && t->error[0] == '\0')
+        t->refused = 1;
+    return CURL_PREREQFUNC_ABORT;
+}
+
+/* What libcurl 7.88 says (CURLOPT_VERBOSE) as it opens an HTTP/2 stream and when a GOAWAY
+ * arrives (lib/http2.c, "recveived" its spelling). A libcurl that words them otherwise is
+ * not understood, and then every failure after the request went out stays "maybe". */
+#define H2_STREAM_TEXT "Using Stream ID: "
+#define H2_GOAWAY_TEXT "GOAWAY, error="
+#define H2_LAST_STREAM_TEXT "last_stream="
+
+static int on_debug(CURL *e, curl_infotype type, char *data, size_t n, void *ud)
+{
+    struct rrpc_transfer *t = ud;
+    struct rrpc_goaways *g = t->options->goaways;
+    char text[128];
+    const char *last;
+    int i;
+    (void)e;
+    if (type != CURLINFO_TEXT)
+        return 0;
+    /* not NUL-terminated; both texts fit well within the copy */
+    n = n < sizeof text - 1 ? n : sizeof text - 1;
+    memcpy(text, data, n);
+    text[n] = '\0';
+    if (strncmp(text, H2_STREAM_TEXT, sizeof H2_STREAM_TEXT - 1) == 0 && t->h2_stream == 0) {
+        t->h2_stream = strtol(text + sizeof H2_STREAM_TEXT - 1, NULL, 10);
+        if (t->h2_stream == 1) /* a new connection: a GOAWAY from this port is of an old one */
+            for (i = 0; i < RRPC_GOAWAYS; i++)
+                if (g->port[i] == t->local_port)
+                    g->port[i] = 0;
+    } else if (strstr(text, H2_GOAWAY_TEXT) != NULL &&
+               (last = strstr(text, H2_LAST_STREAM_TEXT)) != NULL && t->local_port > 0) {
+        g->port[g->next] = t->local_port;
+        g->last_stream[g->next] = strtol(last + sizeof H2_LAST_STREAM_TEXT - 1, NULL, 10);
+        g->next = (g->next + 1) % RRPC_GOAWAYS;
+    }
+    return 0;
+}
+
+/* The server refused this call's HTTP/2 stream, so it never processed the request. */
+static int was_refused(const struct rrpc_transfer *t)
+{
+    const struct rrpc_goaways *g = t->options->goaways;
+    int i;
+    if (t->refused)
+        return 1;
+    for (i = 0; g != NULL && t->h2_stream > 0 && i < RRPC_GOAWAYS; i++)
+        if (g->port[i] == t->local_port && g->last_stream[i] < t->h2_stream)
+            return 1;
+    return 0;
 }
 
 /* libcurl is set up on first use, not when rrpc.core loads: inside nginx (rrpc.ngx) the
@@ -146,6 +204,12 @@ const char *rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_option
      * rather than each opening its own */
     if (o->http_version != CURL_HTTP_VERSION_1_1)
         SET(CURLOPT_PIPEWAIT, 1L, "http_version");
+    /* h2's refused streams are known only from libcurl's own words (on_debug) */
+    if (o->goaways != NULL) {
+        SET(CURLOPT_VERBOSE, 1L, "http_version");
+        SET(CURLOPT_DEBUGFUNCTION, on_debug, "http_version");
+        SET(CURLOPT_DEBUGDATA, t, "http_version");
+    }
     if (o->tls_sessions != NULL)
         SET(CURLOPT_SHARE, o->tls_sessions->share, "libcurl");
     SET(CURLOPT_SSL_VERIFYPEER, o->verify ? 1L : 0L, "insecure_skip_tls_verify");
@@ -243,6 +307,8 @@ void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int
     rrpc_transfer_release(t);
     t->too_large = t->over_budget = 0;
     t->requests_started = 0;
+    t->local_port = t->h2_stream = 0;
+    t->refused = 0;
     t->error[0] = '\0';
     {
         CURL *e = t->easy;
@@ -299,6 +365,7 @@ static const char *curl_code_name(CURLcode c)
     case CURLE_BAD_CONTENT_ENCODING: return "CURLE_BAD_CONTENT_ENCODING";
     case CURLE_SSL_CACERT_BADFILE: return "CURLE_SSL_CACERT_BADFILE";
     case CURLE_HTTP2: return "CURLE_HTTP2";
+    case CURLE_HTTP2_STREAM: return "CURLE_HTTP2_STREAM";
     case CURLE_ABORTED_BY_CALLBACK: return "CURLE_ABORTED_BY_CALLBACK";
     default: return NULL;
     }
@@ -376,6 +443,13 @@ int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc
             lua_pushliteral(L, "ResponseTooLarge");
             lua_pushfstring(L, "response larger than max_response_bytes (%d)",
                             (int)t->options->max_response);
+        } else if (sent && was_refused(t)) {
+            /* the one case where a request that went out was certainly not delivered */
+            sent = 0;
+            lua_pushliteral(L, "StreamRefused");
+            lua_pushliteral(L, "the server refused the HTTP/2 stream before processing the request "
+                               "(REFUSED_STREAM, or above a GOAWAY's last stream id); it was not "
+                               "sent again");
         } else if (t->requests_started > 1 || (sent && fails_connecting(rc))) {
             lua_pushliteral(L, "ConnectionLost");
             lua_pushliteral(L, "the connection closed after the request was sent, without an "

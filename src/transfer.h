@@ -27,6 +27,15 @@ struct rrpc_tls_sessions {
     int refs;
 };
 
+/* The GOAWAYs an owner's (a session's or a pool's) h2 connections received lately, each
+ * known by the connection's local port: libcurl tells only one of the connection's
+ * transfers about it, and every stream above its last stream id was refused. */
+#define RRPC_GOAWAYS 8
+struct rrpc_goaways {
+    long port[RRPC_GOAWAYS], last_stream[RRPC_GOAWAYS];
+    int next;
+};
+
 /* Connection settings, copied out of the Lua options table. */
 struct rrpc_options {
     long connect_ms, idle_s, receive_buffer;
@@ -36,6 +45,7 @@ struct rrpc_options {
     char *ca_file, *ca_path, *user_agent, *proxy, *no_proxy;
     struct rrpc_budget *budget;
     struct rrpc_tls_sessions *tls_sessions; /* or NULL: each handle keeps its own */
+    struct rrpc_goaways *goaways; /* with http_version "2" */
 };
 
 struct rrpc_transfer {
@@ -45,6 +55,9 @@ struct rrpc_transfer {
     const struct rrpc_options *options;
     int too_large, over_budget;
     int requests_started;        /* times libcurl began to write this call's request */
+    long local_port;             /* of the connection its request was first written on */
+    long h2_stream;              /* that request's HTTP/2 stream id, or 0 (HTTP/1.1) */
+    int refused;                 /* the server refused that stream before processing it */
     size_t budgeted;             /* bytes of this call's answer counted in the budget */
     lua_Integer token;           /* the pool's name for this call */
     struct rrpc_transfer *next;  /* the pool's lists */

@@ -177,3 +177,121 @@ describe("option http_version", function()
     new({ http_version = "2", endpoint = "https://127.0.0.1:1" }):close()
   end)
 end)
+
+-- Delivery over h2, against a server (spec/support/h2_server.py, the h2 library) that
+-- refuses streams (RST_STREAM REFUSED_STREAM), sends a GOAWAY whose last stream id is
+-- below the request's, or resets a stream it has read (INTERNAL_ERROR). libcurl 7.88
+-- writes a refused request again on its own; that second write is refused here (issue
+-- 10), and the call is not delivered: the server said it did not process it. Any other
+-- reset after the request went out may have reached the device.
+describe("HTTP/2 delivery", function()
+  local h2_server = require "h2_server"
+  local certs, server
+  local serial = 0
+
+  setup(function()
+    certs = tls.generate()
+    server = h2_server.start { cert = certs.cert, key = certs.key }
+  end)
+
+  teardown(function()
+    server:stop()
+    tls.remove(certs)
+  end)
+
+  local function client()
+    return rrpc.new { access_key_id = "testid", access_key_secret = "testsecret", endpoint = server.url,
+                      ca_file = certs.ca_file, http_version = "2" }
+  end
+
+  local function request(device)
+    serial = serial + 1
+    return { product_key = PK, device_name = device, payload = ("%s-%d-%f"):format(device, serial, system.monotime()) }
+  end
+
+  local function assert_refused(err)
+    assert.equal("network", err.kind)
+    assert.equal("StreamRefused", err.code)
+    assert.equal("no", err.delivered)
+    assert.is_true(err.retryable)
+  end
+
+  local function assert_maybe(err)
+    assert.equal("network", err.kind)
+    assert.equal("CURLE_HTTP2_STREAM", err.code)
+    assert.equal("maybe", err.delivered)
+    assert.is_false(err.retryable)
+  end
+
+  local EXPECT = { refuse = assert_refused, goaway = assert_refused, reset = assert_maybe }
+
+  for _, device in ipairs { "refuse", "goaway", "reset" } do
+    for _, reused in ipairs { false, true } do
+      local where = reused and "a kept-alive connection" or "a new connection"
+      it(("classifies a %s stream on %s, written once"):format(device, where), function()
+        local c = client()
+        if reused then
+          local warm = request("echo")
+          assert.equal(warm.payload, assert(c:rrpc(warm)).payload)
+        end
+        local r = request(device)
+        local res, err = c:rrpc(r)
+        c:close()
+        assert.is_nil(res)
+        EXPECT[device](err)
+        assert.equal(1, server:arrivals(r.payload))
+      end)
+    end
+  end
+
+  it("sends a refused call again only under a retry policy, each attempt once", function()
+    local c = client()
+    local refused, reset = request("refuse"), request("reset")
+    local _, err = c:rrpc { product_key = PK, device_name = "refuse", payload = refused.payload,
+                            retry = { max_attempts = 3, base_delay = 1 } }
+    assert_refused(err)
+    assert.equal(3, server:arrivals(refused.payload)) -- three attempts, each signed anew
+    _, err = c:rrpc { product_key = PK, device_name = "reset", payload = reset.payload,
+                      retry = { max_attempts = 3, base_delay = 1 } }
+    c:close()
+    assert_maybe(err)
+    assert.equal(1, server:arrivals(reset.payload)) -- maybe delivered: never again
+  end)
+
+  it("classifies each stream of a batch multiplexed on one connection", function()
+    local c = client()
+    local requests = {}
+    for _, device in ipairs { "echo", "echo", "refuse", "reset", "echo", "refuse", "echo", "reset" } do
+      requests[#requests + 1] = request(device)
+    end
+    local results = rrpc.batch(c, requests, { concurrency = 8, retry = false })
+    c:close()
+    for i, r in ipairs(results) do
+      local device = requests[i].device_name
+      if device == "echo" then
+        assert.equal(requests[i].payload, assert(r.res, r.err and tostring(r.err)).payload)
+        assert.matches("^[1-9]%d*$", r.res.message_id)
+      else
+        EXPECT[device](assert(r.err))
+      end
+      assert.equal(1, server:arrivals(requests[i].payload))
+    end
+  end)
+
+  it("after a GOAWAY in a batch: the streams it covers answered, the rest refused, none maybe", function()
+    local c = client()
+    local requests = { request("echo"), request("echo"), request("goaway") }
+    for _ = 1, 5 do requests[#requests + 1] = request("echo") end
+    local results = rrpc.batch(c, requests, { concurrency = 8, retry = false })
+    c:close()
+    assert_refused(assert(results[3].err))
+    for i, r in ipairs(results) do
+      if r.res then
+        assert.equal(requests[i].payload, r.res.payload)
+      else
+        assert_refused(r.err)
+      end
+      assert.is_true(server:arrivals(requests[i].payload) <= 1)
+    end
+  end)
+end)
