@@ -221,19 +221,19 @@ describe("the emulator under load #slow", function()
       local line = log_line_with(emu, "rid=" .. res.request_id .. " ")
       assert.is_not_nil(line)
       assert.matches("conn=%d+ n=%d+ .* dn=echo code=SUCCESS rid=" .. res.request_id:gsub("%-", "%%-")
-        .. " mid=" .. res.message_id .. "$", line)
+        .. " mid=" .. res.message_id .. " proto=HTTP/1.1 ", line)
 
       local _, err = client:rrpc { product_key = "a1RRpcDemo", device_name = "offline", payload = "x", timeout = 1000 }
       line = log_line_with(emu, "rid=" .. err.request_id .. " ")
       assert.is_not_nil(line)
-      assert.matches(" code=OFFLINE rid=%S+ mid=%-$", line)
+      assert.matches(" code=OFFLINE rid=%S+ mid=%- proto=HTTP/1.1 ", line)
     end)
 
     it("shows rid=- mid=- for requests without a RequestId", function()
       curl(emu.url .. "/__emulator/health") -- the client POSTs: a GET is this or a stats request
       local line = log_line_with(emu, "GET 200 len=")
       assert.is_not_nil(line)
-      assert.matches(" rid=%- mid=%-$", line)
+      assert.matches(" rid=%- mid=%- proto=HTTP/1.1 ", line)
     end)
   end)
 end)
