@@ -46,8 +46,16 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     memset(&ev, 0, sizeof ev);
     ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
     ev.data.fd = fd;
-    if (epoll_ctl(p->epoll_fd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT)
+    /* libcurl keeps our mark on the sockets epoll already watches (curl_multi_assign;
+     * gone with CURL_POLL_REMOVE): a new socket is added, a known one modified, so no
+     * epoll_ctl is tried in vain */
+    if (socketp == NULL) {
+        if (epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0 && errno == EEXIST)
+            epoll_ctl(p->epoll_fd, EPOLL_CTL_MOD, fd, &ev);
+        curl_multi_assign(p->multi, fd, p);
+    } else if (epoll_ctl(p->epoll_fd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT) {
         epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+    }
     return 0;
 }
 

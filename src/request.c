@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
 #include <openssl/rand.h>
 
 #include "sign.h"
@@ -27,12 +28,40 @@ struct request {
     int steps;              /* stack index of the table of intermediate strings */
 };
 
+/* Nonces are drawn from OpenSSL's generator a block at a time: one RAND_bytes per
+ * NONCES_PER_BLOCK requests instead of one each (a fifth of signing's cost went there).
+ * Each thread has a block of its own (Lua states in several threads may sign at once),
+ * and a forked child drops the block it inherited, so that it never sends a nonce its
+ * parent sends too. */
+#define NONCE_BYTES 16
+#define NONCES_PER_BLOCK 64
+
+static __thread unsigned char nonce_block[NONCE_BYTES * NONCES_PER_BLOCK];
+static __thread size_t nonces_left;
+static pthread_once_t fork_handler = PTHREAD_ONCE_INIT;
+
+static void drop_block_in_child(void)
+{
+    nonces_left = 0;
+}
+
+static void watch_forks(void)
+{
+    pthread_atfork(NULL, NULL, drop_block_in_child);
+}
+
 static int draw_nonce(char out[33])
 {
-    unsigned char raw[16];
-    if (RAND_bytes(raw, sizeof raw) != 1)
+    unsigned char *raw;
+    if (pthread_once(&fork_handler, watch_forks) != 0)
         return 0;
-    rrpc_hex(raw, sizeof raw, out);
+    if (nonces_left == 0) {
+        if (RAND_bytes(nonce_block, sizeof nonce_block) != 1)
+            return 0;
+        nonces_left = NONCES_PER_BLOCK;
+    }
+    raw = nonce_block + NONCE_BYTES * --nonces_left;
+    rrpc_hex(raw, NONCE_BYTES, out);
     return 1;
 }
 
