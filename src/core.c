@@ -13,6 +13,7 @@ int luaopen_rrpc_core(lua_State *L)
         {"sign_v1", l_sign_v1},
         {"sign_v3", l_sign_v3},
         {"build_request", l_build_request},
+        {"signer", l_signer},
         {"nonce", l_nonce},
         {"timestamp", l_timestamp},
         {"session", l_session},
@@ -37,6 +38,7 @@ int luaopen_rrpc_core(lua_State *L)
     rrpc_register_class(L, &rrpc_budget_class);
     rrpc_register_class(L, &rrpc_tls_sessions_class);
     rrpc_register_class(L, &rrpc_redis_class);
+    rrpc_register_class(L, &rrpc_signer_class);
 
     lua_newtable(L);
     luaL_setfuncs(L, functions, 0);

@@ -72,3 +72,23 @@ int rrpc_hmac(int digest, const void *key, size_t key_len, const void *data, siz
     EVP_MAC_CTX_free(ctx);
     return ok;
 }
+
+/* A context keyed once (a signer's secret, for as long as the credentials last), so each
+ * signature skips the key's setup: two SHA-256 blocks and OpenSSL's parameter parsing. */
+EVP_MAC_CTX *rrpc_hmac_key(int digest, const void *key, size_t key_len)
+{
+    EVP_MAC_CTX *ctx = ready() ? EVP_MAC_CTX_dup(prepared[digest]) : NULL;
+    if (ctx != NULL && !EVP_MAC_init(ctx, key_len ? key : (const void *)"", key_len, NULL)) {
+        EVP_MAC_CTX_free(ctx);
+        ctx = NULL;
+    }
+    return ctx;
+}
+
+/* An HMAC under a keyed context: EVP_MAC_init without a key starts again from it. */
+int rrpc_hmac_keyed(EVP_MAC_CTX *ctx, const void *data, size_t n, unsigned char *out,
+                    size_t *out_len)
+{
+    return EVP_MAC_init(ctx, NULL, 0, NULL) && EVP_MAC_update(ctx, data, n) &&
+           EVP_MAC_final(ctx, out, out_len, EVP_MAX_MD_SIZE);
+}

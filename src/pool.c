@@ -168,28 +168,28 @@ int l_pool(lua_State *L)
     return 1;
 }
 
-/* pool:add(token, method, url, headers, body, timeout_ms) */
-static int pool_add(lua_State *L)
+/* An idle transfer at the head of the idle list, made if there is none. */
+static void ensure_idle(lua_State *L, struct pool *p)
 {
-    struct pool *p = check_pool(L);
-    lua_Integer token = luaL_checkinteger(L, 2);
     struct rrpc_transfer *t;
-    lua_settop(L, 7);
-    if (p->idle == NULL) {
-        const char *failed;
-        t = calloc(1, sizeof *t);
-        if (t == NULL)
-            return luaL_error(L, "out of memory");
-        failed = rrpc_transfer_open(t, &p->options);
-        if (failed != NULL) {
-            free_transfer(t);
-            return luaL_error(L, "libcurl refused option '%s'", failed);
-        }
-        push_idle(p, t);
+    const char *failed;
+    if (p->idle != NULL)
+        return;
+    t = calloc(1, sizeof *t);
+    if (t == NULL)
+        luaL_error(L, "out of memory");
+    failed = rrpc_transfer_open(t, &p->options);
+    if (failed != NULL) {
+        free_transfer(t);
+        luaL_error(L, "libcurl refused option '%s'", failed);
     }
-    /* t stays on the idle list while prepare may raise, so it is never lost */
-    rrpc_transfer_prepare(L, p->idle, 3, 1);
-    t = pop_idle(p);
+    push_idle(p, t);
+}
+
+/* The prepared transfer at the head of the idle list joins the flight. */
+static int start(lua_State *L, struct pool *p, lua_Integer token)
+{
+    struct rrpc_transfer *t = pop_idle(p);
     t->token = token;
     link_active(p, t);
     if (curl_multi_add_handle(p->multi, t->easy) != CURLM_OK) {
@@ -199,6 +199,34 @@ static int pool_add(lua_State *L)
         return luaL_error(L, "cannot add the call to the libcurl multi handle");
     }
     return 0;
+}
+
+/* pool:add(token, method, url, headers, body, timeout_ms) */
+static int pool_add(lua_State *L)
+{
+    struct pool *p = check_pool(L);
+    lua_Integer token = luaL_checkinteger(L, 2);
+    lua_settop(L, 7);
+    ensure_idle(L, p);
+    /* the transfer stays on the idle list while prepare may raise, so it is never lost */
+    rrpc_transfer_prepare(L, p->idle, 3, 1);
+    return start(L, p, token);
+}
+
+/* pool:add_signed(token, signer, action, params, timeout_ms): a POST signed in C, as
+ * session:perform_signed */
+static int pool_add_signed(lua_State *L)
+{
+    struct pool *p = check_pool(L);
+    lua_Integer token = luaL_checkinteger(L, 2);
+    long timeout_ms = (long)luaL_checkinteger(L, 6);
+    struct rrpc_signed request;
+    luaL_argcheck(L, timeout_ms > 0, 6, "timeout must be positive");
+    lua_settop(L, 6);
+    ensure_idle(L, p);
+    rrpc_sign_with(L, 3, 4, 5, &request);
+    rrpc_transfer_prepare_signed(L, p->idle, &request, timeout_ms);
+    return start(L, p, token);
 }
 
 /* Moves finished transfers into the results table at `results`; returns how many. */
@@ -382,6 +410,7 @@ static int pool_tostring(lua_State *L)
 
 static const luaL_Reg pool_methods[] = {
     {"add", pool_add},
+    {"add_signed", pool_add_signed},
     {"run", pool_run},
     {"cancel", pool_cancel},
     {"count", pool_count},

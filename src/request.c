@@ -6,6 +6,8 @@
 #include <string.h>
 #include <time.h>
 #include <pthread.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include "sign.h"
@@ -19,13 +21,22 @@
 struct request {
     const char *endpoint, *host, *action, *version, *key_id, *secret, *token, *region;
     size_t secret_len;
+    EVP_MAC_CTX *keyed;     /* a signer's key, or NULL: the secret */
     int v1, in_body;
-    const char *nonce, *timestamp; /* drawn into the buffers below, or the caller's */
-    char drawn_nonce[33], drawn_timestamp[21];
+    const char *nonce, *timestamp; /* drawn into out's buffers, or the caller's */
     struct rrpc_kv *params; /* the API's, then the common ones: room for V1_COMMON_PARAMS */
     size_t n;
-    int headers;            /* stack index of the headers table */
-    int steps;              /* stack index of the table of intermediate strings */
+    int steps;              /* stack index of the table of intermediate strings, or 0 */
+    struct rrpc_signed *out; /* the headers sent, the URL and the body */
+};
+
+/* A signer: what every request of a client with these credentials shares, read once
+ * (rrpc.core.signer). It keeps an HMAC context keyed with the secret, not the secret. */
+struct signer {
+    char *endpoint, *host, *version, *key_id, *token, *region; /* one allocation */
+    size_t text_len;
+    EVP_MAC_CTX *keyed;
+    int v1, in_body;
 };
 
 /* Nonces are drawn from OpenSSL's generator a block at a time: one RAND_bytes per
@@ -92,15 +103,22 @@ int l_timestamp(lua_State *L)
     return 1;
 }
 
-static void set_header(lua_State *L, int headers, const char *name, const char *value)
+static void draw_fresh(lua_State *L, struct request *r)
 {
-    lua_pushstring(L, value);
-    lua_setfield(L, headers, name);
+    if (r->nonce == NULL) {
+        if (!draw_nonce(r->out->nonce))
+            luaL_error(L, "cannot draw random bytes for a nonce");
+        r->nonce = r->out->nonce;
+    }
+    if (r->timestamp == NULL) {
+        utc_now(r->out->timestamp);
+        r->timestamp = r->out->timestamp;
+    }
 }
 
-/* Step 0: the fields of the argument table, the nonce and the time; the API parameters
- * (two values pushed: their array and its anchors), an empty headers table and an empty
- * steps table. */
+/* Step 0 (build_request): the fields of the argument table, the nonce and the time; the
+ * API parameters (two values pushed: their array and its anchors) and an empty steps
+ * table. */
 static void read_request(lua_State *L, struct request *r)
 {
     const char *signature, *placement;
@@ -126,24 +144,34 @@ static void read_request(lua_State *L, struct request *r)
     lua_pop(L, 1);
     r->nonce = rrpc_opt_string(L, 1, "nonce", NULL);
     r->timestamp = rrpc_opt_string(L, 1, "timestamp", NULL);
-    if (r->nonce == NULL) {
-        if (!draw_nonce(r->drawn_nonce))
-            luaL_error(L, "cannot draw random bytes for a nonce");
-        r->nonce = r->drawn_nonce;
-    }
-    if (r->timestamp == NULL) {
-        utc_now(r->drawn_timestamp);
-        r->timestamp = r->drawn_timestamp;
-    }
+    draw_fresh(L, r);
 
     lua_settop(L, 1);
     lua_getfield(L, 1, "params");
     luaL_argcheck(L, lua_istable(L, -1), 1, "field 'params' must be a table");
     r->params = rrpc_collect_params(L, lua_gettop(L), "params", V1_COMMON_PARAMS, &r->n);
     lua_newtable(L);
-    r->headers = lua_gettop(L);
-    lua_newtable(L);
     r->steps = lua_gettop(L);
+}
+
+/* A header the request sends; name and value outlive the request (literals, the stack's
+ * strings, the buffers of r->out). */
+static void add_header(struct request *r, const char *name, const char *value, size_t vl)
+{
+    struct rrpc_kv *h = &r->out->headers[r->out->nh++];
+    h->k = name;
+    h->kl = strlen(name);
+    h->v = value;
+    h->vl = vl;
+}
+
+/* Sets steps[name] to the value at the top of the stack, which stays there. */
+static void set_step(lua_State *L, struct request *r, const char *name)
+{
+    if (r->steps) {
+        lua_pushvalue(L, -1);
+        lua_setfield(L, r->steps, name);
+    }
 }
 
 /* V1, steps 1-2: the common parameters join the API's, all sorted by name. */
@@ -172,21 +200,21 @@ static void push_v1_form(lua_State *L, struct request *r)
     luaL_Buffer b;
     size_t cl, sigl;
     const char *canonical, *signature;
-    rrpc_push_v1(L, "POST", 4, r->params, r->n, r->secret, r->secret_len);
+    rrpc_push_v1(L, "POST", 4, r->params, r->n, r->secret, r->secret_len, r->keyed);
     signature = lua_tolstring(L, -1, &sigl);
     canonical = lua_tolstring(L, -3, &cl);
-    lua_pushvalue(L, -2);
-    lua_setfield(L, r->steps, "string_to_sign");
-    lua_pushvalue(L, -1);
-    lua_setfield(L, r->steps, "signature");
+    lua_insert(L, -2); /* cqs, signature, string to sign */
+    set_step(L, r, "string_to_sign");
+    lua_insert(L, -2); /* cqs, string to sign, signature */
+    set_step(L, r, "signature");
     luaL_buffinit(L, &b);
     luaL_addlstring(&b, canonical, cl);
     luaL_addstring(&b, "&Signature=");
     rrpc_percent_encode(&b, signature, sigl);
     luaL_pushresult(&b);
     if (r->in_body)
-        set_header(L, r->headers, "Content-Type", FORM_TYPE);
-    set_header(L, r->headers, "Host", r->host);
+        add_header(r, "Content-Type", FORM_TYPE, sizeof FORM_TYPE - 1);
+    add_header(r, "Host", r->host, strlen(r->host));
 }
 
 /* V3: the API parameters form-encoded (the body, or the canonical query), the headers it
@@ -194,9 +222,9 @@ static void push_v1_form(lua_State *L, struct request *r)
 static void push_v3_form(lua_State *L, struct request *r)
 {
     struct rrpc_kv h[V3_HEADERS];
-    size_t nh = 0, fl, i;
-    const char *form;
-    char body_sha[65];
+    size_t nh = 0, fl, i, al;
+    const char *form, *authorization;
+    char *body_sha = r->out->body_sha;
     luaL_Buffer b;
 
     qsort(r->params, r->n, sizeof *r->params, rrpc_kv_cmp);
@@ -218,23 +246,35 @@ static void push_v3_form(lua_State *L, struct request *r)
     rrpc_kv_set(&h[nh++], "x-acs-signature-nonce", r->nonce);
     rrpc_kv_set(&h[nh++], "x-acs-version", r->version);
     rrpc_push_v3(L, "POST", "/", r->in_body ? "" : form, r->in_body ? 0 : fl, h, nh, body_sha,
-                 r->key_id, r->secret, r->secret_len); /* canonical request, sts, authorization */
+                 r->key_id, r->secret, r->secret_len, r->keyed); /* creq, sts, authorization */
     for (i = 0; i < nh; i++)
-        set_header(L, r->headers, h[i].k, h[i].v);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, r->steps, "authorization");
-    lua_setfield(L, r->headers, "authorization");
-    lua_setfield(L, r->steps, "string_to_sign");
-    lua_setfield(L, r->steps, "canonical_request");
+        r->out->headers[r->out->nh++] = h[i];
+    authorization = lua_tolstring(L, -1, &al);
+    add_header(r, "authorization", authorization, al);
+    set_step(L, r, "authorization");
+    lua_insert(L, -3); /* authorization, creq, sts */
+    set_step(L, r, "string_to_sign");
+    lua_insert(L, -2); /* authorization, sts, creq */
+    set_step(L, r, "canonical_request");
+    lua_pushvalue(L, -4); /* the form on top */
 }
 
-/* The form goes in the body, or after the endpoint as the query. Pushes url, headers,
- * body, steps. */
-static int push_url_headers_body(lua_State *L, struct request *r)
+/* Signs r: the headers in r->out; pushes what keeps their strings alive, then the URL
+ * (the form after the endpoint, when it is the query) and the body (the form, or ""). */
+static void sign_request(lua_State *L, struct request *r)
 {
     size_t fl;
-    const char *form = lua_tolstring(L, -1, &fl);
+    const char *form;
     luaL_Buffer b;
+    luaL_checkstack(L, 12, "signing a request");
+    r->out->nh = 0;
+    if (r->v1) {
+        add_v1_common_params(r);
+        push_v1_form(L, r);
+    } else {
+        push_v3_form(L, r);
+    }
+    form = lua_tolstring(L, -1, &fl);
     luaL_buffinit(L, &b);
     luaL_addstring(&b, r->endpoint);
     luaL_addchar(&b, '/');
@@ -243,13 +283,13 @@ static int push_url_headers_body(lua_State *L, struct request *r)
         luaL_addlstring(&b, form, fl);
     }
     luaL_pushresult(&b);
-    lua_pushvalue(L, r->headers);
-    if (r->in_body)
-        lua_pushvalue(L, -3);
-    else
+    r->out->url = lua_tolstring(L, -1, &r->out->url_len);
+    if (r->in_body) {
+        lua_pushvalue(L, -2);
+    } else {
         lua_pushliteral(L, "");
-    lua_pushvalue(L, r->steps);
-    return 4;
+    }
+    r->out->body = lua_tolstring(L, -1, &r->out->body_len);
 }
 
 /* build_request{ endpoint=, host=, action=, version=, params=, access_key_id=,
@@ -260,13 +300,142 @@ static int push_url_headers_body(lua_State *L, struct request *r)
 int l_build_request(lua_State *L)
 {
     struct request r;
+    struct rrpc_signed out;
+    size_t i;
     memset(&r, 0, sizeof r);
+    r.out = &out;
     read_request(L, &r);
-    if (r.v1) {
-        add_v1_common_params(&r);
-        push_v1_form(L, &r);
-    } else {
-        push_v3_form(L, &r);
+    sign_request(L, &r); /* ..., url, body */
+    lua_createtable(L, 0, (int)out.nh);
+    for (i = 0; i < out.nh; i++) {
+        lua_pushlstring(L, out.headers[i].v, out.headers[i].vl);
+        lua_setfield(L, -2, out.headers[i].k);
     }
-    return push_url_headers_body(L, &r);
+    lua_insert(L, -2); /* url, headers, body */
+    lua_pushvalue(L, r.steps);
+    return 4;
 }
+
+void rrpc_sign_with(lua_State *L, int signer, int action, int params, struct rrpc_signed *out)
+{
+    struct signer *g = luaL_checkudata(L, signer, RRPC_SIGNER_MT);
+    struct request r;
+    if (g->keyed == NULL)
+        luaL_error(L, "attempt to use a released rrpc signer");
+    memset(&r, 0, sizeof r);
+    r.out = out;
+    r.endpoint = g->endpoint;
+    r.host = g->host;
+    r.version = g->version;
+    r.key_id = g->key_id;
+    r.token = g->token;
+    r.region = g->region;
+    r.keyed = g->keyed;
+    r.v1 = g->v1;
+    r.in_body = g->in_body;
+    r.action = rrpc_checkstring(L, action, NULL);
+    luaL_checktype(L, params, LUA_TTABLE);
+    draw_fresh(L, &r);
+    r.params = rrpc_collect_params(L, params, "params", V1_COMMON_PARAMS, &r.n);
+    sign_request(L, &r);
+}
+
+/* The fields a signer copies, in the order of struct signer's strings. */
+static const char *const SIGNER_FIELDS[] = {"endpoint", "host", "version", "access_key_id",
+                                             "security_token", "region_id"};
+#define SIGNER_REQUIRED 4 /* the first four */
+#define SIGNER_STRINGS 6
+
+/* signer{ endpoint=, host=, version=, access_key_id=, access_key_secret=,
+ *   security_token=, region_id=, signature="v1"|"v3", placement="body"|"query" }
+ *   --> signer: for session:perform_signed and pool:add_signed, which sign as
+ *   build_request does with these fields, a fresh nonce and the time */
+int l_signer(lua_State *L)
+{
+    const char *value[SIGNER_STRINGS], *signature, *placement, *secret;
+    char **field[SIGNER_STRINGS];
+    size_t len[SIGNER_STRINGS], total = 0, secret_len, i;
+    struct signer *g;
+    char *text;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    g = lua_newuserdatauv(L, sizeof *g, 0); /* first: the GC frees whatever is made below */
+    memset(g, 0, sizeof *g);
+    luaL_setmetatable(L, RRPC_SIGNER_MT);
+    field[0] = &g->endpoint;
+    field[1] = &g->host;
+    field[2] = &g->version;
+    field[3] = &g->key_id;
+    field[4] = &g->token;
+    field[5] = &g->region;
+    for (i = 0; i < SIGNER_STRINGS; i++) {
+        value[i] = i < SIGNER_REQUIRED ? rrpc_req_string(L, 1, SIGNER_FIELDS[i])
+                                       : rrpc_opt_string(L, 1, SIGNER_FIELDS[i], NULL);
+        len[i] = value[i] ? strlen(value[i]) : 0;
+        total += len[i] + 1;
+    }
+    secret = rrpc_req_string(L, 1, "access_key_secret");
+    lua_getfield(L, 1, "access_key_secret");
+    lua_tolstring(L, -1, &secret_len);
+    lua_pop(L, 1);
+    signature = rrpc_opt_string(L, 1, "signature", "v3");
+    placement = rrpc_opt_string(L, 1, "placement", "body");
+    if (strcmp(signature, "v1") != 0 && strcmp(signature, "v3") != 0)
+        luaL_error(L, "bad field 'signature' (\"v1\" or \"v3\" expected, got \"%s\")", signature);
+    if (strcmp(placement, "body") != 0 && strcmp(placement, "query") != 0)
+        luaL_error(L, "bad field 'placement' (\"body\" or \"query\" expected, got \"%s\")", placement);
+    g->v1 = strcmp(signature, "v1") == 0;
+    g->in_body = strcmp(placement, "body") == 0;
+
+    text = malloc(total);
+    if (text == NULL)
+        return luaL_error(L, "out of memory");
+    g->endpoint = text; /* the start of the allocation, freed by the GC from now on */
+    g->text_len = total;
+    for (i = 0; i < SIGNER_STRINGS; i++) {
+        if (value[i] == NULL) {
+            *field[i] = NULL;
+            continue;
+        }
+        memcpy(text, value[i], len[i] + 1);
+        *field[i] = text;
+        text += len[i] + 1;
+    }
+    if (g->v1) { /* V1's key is the secret and "&" */
+        lua_pushlstring(L, secret, secret_len);
+        lua_pushliteral(L, "&");
+        lua_concat(L, 2);
+        secret = lua_tolstring(L, -1, &secret_len);
+    }
+    g->keyed = rrpc_hmac_key(g->v1 ? RRPC_HMAC_SHA1 : RRPC_HMAC_SHA256, secret, secret_len);
+    if (g->keyed == NULL)
+        return luaL_error(L, "cannot key an HMAC with the secret");
+    lua_settop(L, 2);
+    return 1;
+}
+
+static int signer_close(lua_State *L)
+{
+    struct signer *g = luaL_checkudata(L, 1, RRPC_SIGNER_MT);
+    EVP_MAC_CTX_free(g->keyed); /* OpenSSL cleanses the key's material */
+    g->keyed = NULL;
+    /* the security token is among the copies */
+    OPENSSL_clear_free(g->endpoint, g->text_len);
+    g->endpoint = NULL;
+    return 0;
+}
+
+static int signer_tostring(lua_State *L)
+{
+    struct signer *g = luaL_checkudata(L, 1, RRPC_SIGNER_MT);
+    lua_pushfstring(L, "rrpc.signer (%s%s)", g->v1 ? "v1" : "v3", g->keyed ? "" : ", released");
+    return 1;
+}
+
+static const luaL_Reg signer_methods[] = {
+    {"close", signer_close},
+    {NULL, NULL},
+};
+
+const struct rrpc_class rrpc_signer_class = {RRPC_SIGNER_MT, signer_methods, signer_close,
+                                             signer_tostring};

@@ -3,6 +3,7 @@
 #define RRPC_H
 
 #include <stddef.h>
+#include <openssl/types.h>
 #include "compat.h"
 #include "class.h"
 
@@ -12,6 +13,7 @@
 #define RRPC_BUDGET_MT "rrpc.budget"
 #define RRPC_REDIS_MT "rrpc.redis"
 #define RRPC_TLS_SESSIONS_MT "rrpc.tls_sessions"
+#define RRPC_SIGNER_MT "rrpc.signer"
 
 /* A string parameter or header, borrowed from a Lua string kept alive on the stack. */
 struct rrpc_kv {
@@ -43,12 +45,30 @@ int l_b64decode(lua_State *L);
 int rrpc_sha256(const void *data, size_t n, unsigned char out[32]);
 int rrpc_hmac(int digest, const void *key, size_t key_len, const void *data, size_t n,
               unsigned char *out, size_t *out_len);
+/* a context keyed once, for many HMACs (EVP_MAC_CTX_free frees it), or NULL */
+EVP_MAC_CTX *rrpc_hmac_key(int digest, const void *key, size_t key_len);
+int rrpc_hmac_keyed(EVP_MAC_CTX *ctx, const void *data, size_t n, unsigned char *out,
+                    size_t *out_len);
 
 /* sign.c */
 int l_sign_v1(lua_State *L);
 int l_sign_v3(lua_State *L);
 
 /* request.c */
+/* A signed request: the headers it sends (V3: eight signed ones and Authorization), its
+ * URL and body; the strings live on the Lua stack or in the buffers here. */
+#define RRPC_SIGNED_HEADERS 9
+struct rrpc_signed {
+    const char *url, *body;
+    size_t url_len, body_len, nh;
+    struct rrpc_kv headers[RRPC_SIGNED_HEADERS];
+    char nonce[33], timestamp[21], body_sha[65];
+};
+/* Signs action with params (a table) using the signer at stack index signer, with a
+ * fresh nonce and the time; pushes the values that keep out's strings alive. */
+void rrpc_sign_with(lua_State *L, int signer, int action, int params, struct rrpc_signed *out);
+extern const struct rrpc_class rrpc_signer_class;
+int l_signer(lua_State *L);
 int l_build_request(lua_State *L);
 int l_nonce(lua_State *L);
 int l_timestamp(lua_State *L);

@@ -61,6 +61,23 @@ static int session_perform(lua_State *L)
     return rrpc_transfer_push_result(L, &s->transfer, rc);
 }
 
+/* session:perform_signed(signer, action, params, timeout_ms) --> as perform: a POST
+ * signed in C with rrpc.core.signer (what build_request would send, in one step) */
+static int session_perform_signed(lua_State *L)
+{
+    struct session *s = check_session(L);
+    struct rrpc_signed request;
+    long timeout_ms = (long)luaL_checkinteger(L, 5);
+    CURLcode rc;
+    luaL_argcheck(L, timeout_ms > 0, 5, "timeout must be positive");
+    lua_settop(L, 5);
+    rrpc_sign_with(L, 2, 3, 4, &request);
+    rrpc_transfer_prepare_signed(L, &s->transfer, &request, timeout_ms);
+    rc = curl_easy_perform(s->transfer.easy);
+    rrpc_transfer_done(&s->transfer);
+    return rrpc_transfer_push_result(L, &s->transfer, rc);
+}
+
 static int session_tostring(lua_State *L)
 {
     struct session *s = luaL_checkudata(L, 1, RRPC_SESSION_MT);
@@ -70,6 +87,7 @@ static int session_tostring(lua_State *L)
 
 static const luaL_Reg session_methods[] = {
     {"perform", session_perform},
+    {"perform_signed", session_perform_signed},
     {"close", session_close},
     {NULL, NULL},
 };

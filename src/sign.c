@@ -90,7 +90,7 @@ void rrpc_add_canonical_query(luaL_Buffer *b, const struct rrpc_kv *a, size_t n,
 
 /* Pushes the canonicalized query string, the string to sign and the signature. */
 void rrpc_push_v1(lua_State *L, const char *method, size_t ml, const struct rrpc_kv *p,
-                  size_t n, const char *secret, size_t sl)
+                  size_t n, const char *secret, size_t sl, EVP_MAC_CTX *keyed)
 {
     luaL_Buffer b;
     const char *cqs, *sts, *key;
@@ -110,13 +110,18 @@ void rrpc_push_v1(lua_State *L, const char *method, size_t ml, const struct rrpc
     luaL_pushresult(&b);
     sts = lua_tolstring(L, -1, &tl);
 
-    lua_pushlstring(L, secret, sl);
-    lua_pushliteral(L, "&");
-    lua_concat(L, 2);
-    key = lua_tolstring(L, -1, &kl);
-    if (!rrpc_hmac(RRPC_HMAC_SHA1, key, kl, sts, tl, md, &mdl))
-        luaL_error(L, "cannot compute HMAC-SHA1");
-    lua_pop(L, 1);
+    if (keyed != NULL) {
+        if (!rrpc_hmac_keyed(keyed, sts, tl, md, &mdl))
+            luaL_error(L, "cannot compute HMAC-SHA1");
+    } else {
+        lua_pushlstring(L, secret, sl);
+        lua_pushliteral(L, "&");
+        lua_concat(L, 2);
+        key = lua_tolstring(L, -1, &kl);
+        if (!rrpc_hmac(RRPC_HMAC_SHA1, key, kl, sts, tl, md, &mdl))
+            luaL_error(L, "cannot compute HMAC-SHA1");
+        lua_pop(L, 1);
+    }
     rrpc_push_b64encode(L, md, mdl);
 }
 
@@ -152,7 +157,7 @@ static void add_signed_headers(luaL_Buffer *b, const struct rrpc_kv *h, size_t n
  * string to sign and the Authorization value. */
 void rrpc_push_v3(lua_State *L, const char *method, const char *path, const char *cq,
                   size_t cql, const struct rrpc_kv *h, size_t nh, const char *body_sha256,
-                  const char *key_id, const char *secret, size_t sl)
+                  const char *key_id, const char *secret, size_t sl, EVP_MAC_CTX *keyed)
 {
     luaL_Buffer b;
     const char *creq, *sts;
@@ -184,7 +189,8 @@ void rrpc_push_v3(lua_State *L, const char *method, const char *path, const char
     rrpc_sha256_hex(creq, crl, hash);
     sts = lua_pushfstring(L, V3_ALGORITHM "\n%s", hash);
     tl = strlen(sts);
-    if (!rrpc_hmac(RRPC_HMAC_SHA256, secret, sl, sts, tl, md, &mdl))
+    if (!(keyed != NULL ? rrpc_hmac_keyed(keyed, sts, tl, md, &mdl)
+                        : rrpc_hmac(RRPC_HMAC_SHA256, secret, sl, sts, tl, md, &mdl)))
         luaL_error(L, "cannot compute HMAC-SHA256");
     rrpc_hex(md, mdl, signature);
 
@@ -208,7 +214,7 @@ int l_sign_v1(lua_State *L)
     secret = rrpc_checkstring(L, 3, &sl);
     p = rrpc_collect_params(L, 2, "params", 0, &n);
     qsort(p, n, sizeof *p, rrpc_kv_cmp);
-    rrpc_push_v1(L, method, ml, p, n, secret, sl); /* cqs, sts, signature */
+    rrpc_push_v1(L, method, ml, p, n, secret, sl, NULL); /* cqs, sts, signature */
     lua_insert(L, -2);
     return 2; /* signature, string_to_sign */
 }
@@ -318,7 +324,7 @@ int l_sign_v3(lua_State *L)
     {
         size_t cql;
         const char *cq = lua_tolstring(L, -1, &cql);
-        rrpc_push_v3(L, method, path, cq, cql, h, kept, body_sha, key_id, secret, sl);
+        rrpc_push_v3(L, method, path, cq, cql, h, kept, body_sha, key_id, secret, sl, NULL);
     }
     lua_insert(L, -3); /* authorization, canonical_request, string_to_sign */
     return 3;

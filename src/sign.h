@@ -17,15 +17,17 @@ struct rrpc_kv *rrpc_collect_params(lua_State *L, int t, const char *what, size_
 void rrpc_add_canonical_query(luaL_Buffer *b, const struct rrpc_kv *a, size_t n,
                               const char *skip);
 
-/* Pushes the canonicalized query string, the string to sign and the signature. */
+/* Pushes the canonicalized query string, the string to sign and the signature. The key:
+ * `keyed` (rrpc_hmac_key of secret&), or secret&, when keyed is NULL. */
 void rrpc_push_v1(lua_State *L, const char *method, size_t ml, const struct rrpc_kv *p,
-                  size_t n, const char *secret, size_t sl);
+                  size_t n, const char *secret, size_t sl, EVP_MAC_CTX *keyed);
 
 /* h: lower-case names, sorted, only the signed ones. Pushes the canonical request, the
- * string to sign and the Authorization value. */
+ * string to sign and the Authorization value. The key: `keyed` (rrpc_hmac_key of the
+ * secret), or the secret, when keyed is NULL. */
 void rrpc_push_v3(lua_State *L, const char *method, const char *path, const char *cq,
                   size_t cql, const struct rrpc_kv *h, size_t nh, const char *body_sha256,
-                  const char *key_id, const char *secret, size_t sl);
+                  const char *key_id, const char *secret, size_t sl, EVP_MAC_CTX *keyed);
 
 /* A string field of the table at t (kept alive by it), its default, or an error. */
 const char *rrpc_opt_string(lua_State *L, int t, const char *field, const char *def);

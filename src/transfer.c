@@ -247,6 +247,17 @@ void rrpc_transfer_close(struct rrpc_transfer *t)
     rrpc_transfer_release(t);
     buffer_free(&t->body);
     buffer_free(&t->head);
+    buffer_free(&t->request);
+}
+
+/* What a call learns of its own transfer starts afresh. */
+static void reset_call(struct rrpc_transfer *t)
+{
+    t->too_large = t->over_budget = 0;
+    t->requests_started = 0;
+    t->local_port = t->h2_stream = 0;
+    t->refused = 0;
+    t->error[0] = '\0';
 }
 
 void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int copy_body)
@@ -305,11 +316,7 @@ void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int
     curl_slist_free_all(t->headers);
     t->headers = list;
     rrpc_transfer_release(t);
-    t->too_large = t->over_budget = 0;
-    t->requests_started = 0;
-    t->local_port = t->h2_stream = 0;
-    t->refused = 0;
-    t->error[0] = '\0';
+    reset_call(t);
     {
         CURL *e = t->easy;
         const char *failed = NULL;
@@ -329,6 +336,78 @@ void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int
             SET(CURLOPT_CUSTOMREQUEST, NULL, "method");
             SET(CURLOPT_HTTPGET, 1L, "method");
         }
+        if (failed != NULL)
+            luaL_error(L, "libcurl refused the request's %s", failed);
+    }
+}
+
+/* The lines libcurl adds to a POST of its own accord, which a signed request goes without:
+ * a 100-continue round trip, a catch-all Accept, and an unsigned form Content-Type (the
+ * last only when the request has no Content-Type of its own). */
+static const char *const UNSENT[] = {"Expect:", "Accept:", "Content-Type:"};
+
+static char *put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+void rrpc_transfer_prepare_signed(lua_State *L, struct rrpc_transfer *t, const struct rrpc_signed *s,
+                                  long timeout_ms)
+{
+    size_t need = s->url_len + 1 + s->body_len + 1, i, n = 0, unsent = 3;
+    int has_type = 0;
+    char *p, *url, *body;
+    for (i = 0; i < s->nh; i++) {
+        need += s->headers[i].kl + 2 + s->headers[i].vl + 1;
+        has_type = has_type || strcasecmp(s->headers[i].k, "Content-Type") == 0;
+    }
+    if (has_type)
+        unsent = 2;
+    for (i = 0; i < unsent; i++)
+        need += strlen(UNSENT[i]) + 1;
+    rrpc_transfer_release(t); /* the answer of the call before */
+    if (need > t->request.cap || t->request.cap > KEEP_BUFFER_BYTES) {
+        char *grown = realloc(t->request.data, need);
+        if (grown == NULL)
+            luaL_error(L, "out of memory building the request");
+        t->request.data = grown;
+        t->request.cap = need;
+    }
+    p = url = t->request.data;
+    p = put(p, s->url, s->url_len);
+    *p++ = '\0';
+    body = p;
+    p = put(p, s->body, s->body_len);
+    *p++ = '\0';
+    for (i = 0; i < s->nh; i++, n++) {
+        t->lines[n].data = p;
+        p = put(p, s->headers[i].k, s->headers[i].kl);
+        p = put(p, ": ", 2);
+        p = put(p, s->headers[i].v, s->headers[i].vl);
+        *p++ = '\0';
+        t->lines[n].next = &t->lines[n + 1];
+    }
+    for (i = 0; i < unsent; i++, n++) {
+        t->lines[n].data = (char *)UNSENT[i];
+        t->lines[n].next = &t->lines[n + 1];
+    }
+    t->lines[n - 1].next = NULL;
+
+    curl_slist_free_all(t->headers);
+    t->headers = NULL;
+    reset_call(t);
+    {
+        CURL *e = t->easy;
+        const char *failed = NULL;
+        SET(CURLOPT_URL, url, "url");
+        SET(CURLOPT_HTTPHEADER, t->lines, "headers");
+        SET(CURLOPT_TIMEOUT_MS, timeout_ms, "timeout");
+        SET(CURLOPT_POST, 1L, "method");
+        SET(CURLOPT_CUSTOMREQUEST, NULL, "method");
+        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)s->body_len, "body");
+        /* the buffer stays as it is until the next call's prepare */
+        SET(CURLOPT_POSTFIELDS, body, "body");
         if (failed != NULL)
             luaL_error(L, "libcurl refused the request's %s", failed);
     }

@@ -50,7 +50,11 @@ struct rrpc_options {
 
 struct rrpc_transfer {
     CURL *easy;
-    struct curl_slist *headers;
+    struct curl_slist *headers;  /* a request of rrpc_transfer_prepare's */
+    /* a request of rrpc_transfer_prepare_signed's: its URL, body and header lines in one
+     * buffer, kept from call to call, and the list that points into it */
+    struct rrpc_buffer request;
+    struct curl_slist lines[RRPC_SIGNED_HEADERS + 3];
     struct rrpc_buffer body, head;
     const struct rrpc_options *options;
     int too_large, over_budget;
@@ -88,6 +92,11 @@ void rrpc_transfer_close(struct rrpc_transfer *t);
  * the request up. `copy_body`: libcurl keeps its own copy (for transfers that outlive the
  * Lua call). Raises on bad arguments before anything is allocated. */
 void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int copy_body);
+
+/* Sets a signed request up (rrpc_sign_with), copied into the transfer's own buffer: no
+ * allocation once the buffer has grown to size. Raises when it cannot. */
+void rrpc_transfer_prepare_signed(lua_State *L, struct rrpc_transfer *t, const struct rrpc_signed *s,
+                                  long timeout_ms);
 
 /* Drops what the call holds of an answer (a cancelled call), releasing its budget. */
 void rrpc_transfer_release(struct rrpc_transfer *t);

@@ -138,13 +138,24 @@ function Run:send(entry, now)
   end
   if entry.attempts == 0 then client.call_started(self.p, entry.call) end
   entry.attempts = entry.attempts + 1
-  local url, headers, body = client.sign(self.client, self.p, entry.call)
-  if not url then -- no credentials now: settled like any failure, retried if the policy says so
-    self:settle(entry, nil, headers, core.monotime())
+  local call, pool = entry.call, self.pool
+  local signer, url, headers, body, err
+  if pool.add_signed then
+    signer, err = client.signer(self.client, self.p)
+  else
+    url, headers, body = client.sign(self.client, self.p, call)
+    err = headers
+  end
+  if not (signer or url) then -- no credentials now: settled like any failure, retried if the policy says so
+    self:settle(entry, nil, err, core.monotime())
     return
   end
   self.next_token = self.next_token + 1
-  self.pool:add(self.next_token, url, headers, body, entry.call.http_timeout)
+  if signer then
+    pool:add_signed(self.next_token, signer, call.action, call.params, call.http_timeout)
+  else
+    pool:add(self.next_token, url, headers, body, call.http_timeout)
+  end
   self.in_flight[self.next_token] = entry
   self.in_flight_count = self.in_flight_count + 1
 end

@@ -301,7 +301,8 @@ end
 --- client.sign(self, p, call, given) --> url, headers, body, steps | nil, err
 -- A fresh nonce and timestamp each time (given.timestamp and given.nonce instead, when
 -- there), with the provider's current credentials.
-function client.sign(self, p, call, given)
+-- The provider's current credentials --> c | nil, err
+local function current_credentials(p)
   local c, why = p.credentials:get(p.fetch)
   local function has_control(v) return type(v) == "string" and v:find("%c") ~= nil end
   if c and (has_control(c.access_key_id) or has_control(c.security_token)) then
@@ -320,12 +321,36 @@ function client.sign(self, p, call, given)
     p.signed_with = c
   end
   p.access_key_id = c.access_key_id
+  return c
+end
+
+function client.sign(self, p, call, given)
+  local c, err = current_credentials(p)
+  if not c then return nil, err end
   return core.build_request {
     endpoint = self.endpoint, host = self.host, action = call.action, version = limits.API_VERSION,
     params = call.params, access_key_id = c.access_key_id, access_key_secret = c.access_key_secret,
     security_token = c.security_token, region_id = self.region, signature = self.signature,
     placement = self.placement, timestamp = given and given.timestamp, nonce = given and given.nonce,
   }
+end
+
+--- client.signer(self, p) --> signer | nil, err
+-- rrpc.core.signer for the provider's current credentials (one per credentials): what a
+-- transport with send_signed signs with, as client.sign would, a fresh nonce and time each.
+function client.signer(self, p)
+  local c, err = current_credentials(p)
+  if not c then return nil, err end
+  if p.signer_of ~= c then
+    p.signer = core.signer {
+      endpoint = self.endpoint, host = self.host, version = limits.API_VERSION,
+      access_key_id = c.access_key_id, access_key_secret = c.access_key_secret,
+      security_token = c.security_token, region_id = self.region, signature = self.signature,
+      placement = self.placement,
+    }
+    p.signer_of = c
+  end
+  return p.signer
 end
 
 --- client.interpret(p, call, status, headers, body) --> result | nil, err
@@ -381,9 +406,18 @@ local function attempt(self, p, call)
   local refused = p.transport.admit(p.state, call)
   local quota_seconds = core.monotime() - asked
   if refused then return nil, refused, quota_seconds end
-  local url, headers, body = client.sign(self, p, call)
-  if not url then return nil, headers, quota_seconds end
-  local status, resp_headers, resp_body = p.transport.send(p.state, url, headers, body, call.http_timeout)
+  local transport = p.transport
+  local status, resp_headers, resp_body
+  if transport.send_signed then
+    local signer, err = client.signer(self, p)
+    if not signer then return nil, err, quota_seconds end
+    status, resp_headers, resp_body = transport.send_signed(p.state, signer, call.action, call.params,
+                                                            call.http_timeout)
+  else
+    local url, headers, body = client.sign(self, p, call)
+    if not url then return nil, headers, quota_seconds end
+    status, resp_headers, resp_body = transport.send(p.state, url, headers, body, call.http_timeout)
+  end
   if not status then return nil, resp_headers, quota_seconds end
   local res, err = client.interpret(p, call, status, resp_headers, resp_body)
   return res, err, quota_seconds

@@ -25,6 +25,10 @@
 --       waits up to wait_ms for completions (also when none is in flight), and no longer
 --       than the quota's own I/O (quota:fd()) takes to be ready
 --     pool:cancel(token) --> true if it was in flight; pool:count() --> calls in flight
+--   send_signed(state, signer, action, params, timeout_ms) --> as send   (optional)
+--     a transport that signs in C: signer from rrpc.core.signer, the request as
+--     build_request would make it; its pool then has add_signed(token, signer, action,
+--     params, timeout_ms) beside add.
 --   limiter(state, qps, burst, now) --> limiter   a batch's pacing: limiter:take(now)
 --     --> 0 (go, counted) or seconds to wait; within the quota's when there is one.
 --   warn(state, message)                          a line for the operator (a hook that raised).
@@ -62,6 +66,12 @@ end
 
 curl.fetch = perform
 
+function curl.send_signed(state, signer, action, params, timeout_ms)
+  local status, h, b, sent = state.session:perform_signed(signer, action, params, timeout_ms)
+  if not status then return nil, errors.network(h, b, sent) end
+  return status, h, b
+end
+
 local function sleep(seconds)
   core.sleep(seconds * 1000)
 end
@@ -82,6 +92,10 @@ Pool.__index = Pool
 
 function Pool:add(token, url, headers, body, timeout_ms)
   self.pool:add(token, "POST", url, headers, body, timeout_ms)
+end
+
+function Pool:add_signed(token, signer, action, params, timeout_ms)
+  self.pool:add_signed(token, signer, action, params, timeout_ms)
 end
 
 function Pool:run(wait_ms)
