@@ -75,9 +75,12 @@ test-all:
 demo: build
 	bash scripts/demo.sh
 
-# Against the official Node.js SDKs (installed from npm into bench/peers) and the ideal.
-# The gateway's line needs rrpc.core built for nginx's LuaJIT.
+# Against the official Node.js SDKs (installed from npm into bench/peers), the libcurl
+# floor (bench/floor.c) and the ideal; draws bench/results.svg (gnuplot, bench/chart.gp).
+# About 4 min. The clients run under Lua 5.4; the gateway's line needs rrpc.core built
+# for nginx's LuaJIT.
 bench: build $(BUILD)/bench/floor
+	@$(MAKE) -s --no-print-directory build LUA=lua5.4
 	@$(MAKE) -s --no-print-directory build LUA=luajit
 	bash bench/peers/install.sh
 	LUA_PATH="./lua/?.lua;./spec/support/?.lua;;" LUA_CPATH="./$(BUILD_DIR)/?.so;;" $(LUA) bench/run.lua

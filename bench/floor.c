@@ -143,6 +143,7 @@ static void set_up(struct call *c)
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, receive_buffer);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 15000L);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, keep);

@@ -10,6 +10,9 @@ local redis_server = require "redis_server"
 local system = require "system"
 
 local FLOOR = os.getenv("BENCH_FLOOR") or "build/bench/floor"
+-- section 6's figures, and the chart gnuplot draws from them (bench/chart.gp)
+local CHART_DATA = os.getenv("BENCH_CHART_DATA") or "build/bench/results.dat"
+local CHART = os.getenv("BENCH_CHART") or "bench/results.svg"
 local SEQUENTIAL_CALLS = tonumber(os.getenv("BENCH_SEQUENTIAL_CALLS") or 1000)
 local SIGN_CALLS = tonumber(os.getenv("BENCH_SIGN_CALLS") or 20000)
 local GATEWAY_CALLS, GATEWAY_CONCURRENCY = tonumber(os.getenv("BENCH_GATEWAY_CALLS") or 5000), 100
@@ -31,6 +34,11 @@ local IN_FLIGHT_LEVELS = {
   { calls_in_flight = 8000, latency_ms = 7000 },
 }
 local SDKS = { "pop-core", "iot20180120" }
+-- 7. instructions per call (callgrind): sequential, runs of N and 2 N calls; 100 in
+-- flight to section 6's 2 s device (slow enough for 100 under callgrind), runs of 2 and 4
+-- rounds
+local CALLGRIND_CALLS = tonumber(os.getenv("BENCH_CALLGRIND_CALLS") or 300)
+local CALLGRIND_IN_FLIGHT, CALLGRIND_LEVEL = 100, IN_FLIGHT_LEVELS[2]
 
 -- 8000 connections need more descriptors than the usual soft limit of 1024.
 local SHELL_PREFIX = "ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); "
@@ -140,24 +148,25 @@ local function rss_kb_of(pid)
   return tonumber(kb)
 end
 
--- Runs a client that starts `n` calls to a device answering `latency_ms` after each
--- arrives, and watches it from outside while no answer can have left the emulator (the
--- first leaves `latency_ms` after the first arrival, which is after this starts the
--- client): the emulator's count of arrivals then is the number of calls truly in flight,
--- and the client's VmRSS (/proc/PID/status) is read right after it. Adds to the client's
--- JSON line: in_flight (the most calls seen in flight), rss_in_flight_kb (the highest RSS
--- read while that many were; it only grows until the first answer).
+-- Runs a client that starts calls to a device answering `latency_ms` after each arrives,
+-- and watches it from outside while no answer can have left the emulator: until
+-- `latency_ms` after the last look that saw no arrival (the first arrived after it). The
+-- emulator's count of arrivals then is the number of calls truly in flight, and the
+-- client's VmRSS (/proc/PID/status) is read right after it. Adds to the client's JSON
+-- line: in_flight (the most calls seen in flight), rss_in_flight_kb (the highest RSS read
+-- while that many were; it only grows until the first answer).
 local function watched(command, latency_ms)
   http_get(emu.url .. "/__emulator/arrivals/reset", "POST")
-  local started = core.monotime()
-  local window = latency_ms / 1000
+  local none_before = core.monotime()
   local pipe = assert(io.popen(SHELL_PREFIX .. "echo $$; exec " .. command .. " 2>" .. ERRORS))
   local pid = pipe:read("l")
   local in_flight, rss = 0, nil
-  while core.monotime() - started < window do
+  while true do
+    local asked = core.monotime()
     local count = arrived()
     local kb = rss_kb_of(pid)
-    if not kb or core.monotime() - started >= window then break end
+    if not kb or core.monotime() - none_before >= latency_ms / 1000 then break end
+    if count == 0 then none_before = asked end
     if count > in_flight or (count == in_flight and kb > (rss or 0)) then in_flight, rss = count, kb end
     system.sleep(0.05)
   end
@@ -344,7 +353,13 @@ local function in_flight()
   local path, buffer = floor_requests(PK, ECHO, SEQUENTIAL_CALLS + 1, "seq")
   local floor_seq = run_json(("%s %s %d 1 %d"):format(FLOOR, path, SEQUENTIAL_CALLS, buffer))
   os.remove(path)
-  local seq_rrpc = lua_client("sequential", emu.url, "testid", "testsecret", PK, ECHO, SEQUENTIAL_CALLS, "v3")
+  local seq = {
+    floor = floor_seq,
+    rrpc = lua_client("sequential", emu.url, "testid", "testsecret", PK, ECHO, SEQUENTIAL_CALLS, "v3"),
+  }
+  for _, sdk in ipairs(SDKS) do
+    seq[sdk] = node_client(sdk, emu.url, "testid", "testsecret", PK, ECHO, SEQUENTIAL_CALLS, 1)
+  end
   local levels = {}
   for _, level in ipairs(IN_FLIGHT_LEVELS) do
     local n, device = level.calls_in_flight, "hold" .. level.latency_ms
@@ -362,7 +377,8 @@ local function in_flight()
     end
     levels[#levels + 1] = row
   end
-  bench.floor = { sequential = floor_seq, rrpc_sequential = seq_rrpc, levels = levels }
+  bench.floor = { sequential = seq, levels = levels }
+  local seq_rrpc = seq.rrpc
 
   say("")
   say("6. Against the libcurl floor (bench/floor.c: the bytes of requests rrpc signed, rrpc's libcurl settings and"
@@ -378,14 +394,16 @@ local function in_flight()
   say("| calls in flight | client | CPU per call | vs floor | in flight at the emulator | memory per call in flight"
     .. " | vs floor | ok |")
   say("|---|---|---|---|---|---|---|---|")
-  say("| 1 (sequential) | libcurl floor | %.0f µs | 1.00 | | | | %d/%d |", per_call_us(floor_seq), floor_seq.ok,
-    floor_seq.calls)
-  say("| 1 (sequential) | rrpc | %.0f µs | %.2f | | | | %d/%d |", per_call_us(seq_rrpc),
-    per_call_us(seq_rrpc) / per_call_us(floor_seq), seq_rrpc.ok, seq_rrpc.calls)
+  local clients = { { "libcurl floor", "floor" }, { "rrpc", "rrpc" }, { "@alicloud/pop-core", "pop-core" },
+                    { "@alicloud/iot20180120", "iot20180120" } }
+  for _, client in ipairs(clients) do
+    local r = seq[client[2]]
+    say("| 1 (sequential) | %s | %.0f µs | %.2f | | | | %d/%d |", client[1], per_call_us(r),
+      per_call_us(r) / per_call_us(floor_seq), r.ok, r.calls)
+  end
   for _, row in ipairs(levels) do
-    for _, client in ipairs { { "libcurl floor", row.floor }, { "rrpc", row.rrpc },
-                              { "@alicloud/pop-core", row["pop-core"] }, { "@alicloud/iot20180120", row.iot20180120 } } do
-      local r = client[2]
+    for _, client in ipairs(clients) do
+      local r = row[client[2]]
       say("| %d (%d ms device) | %s | %.0f µs | %.2f | %d | %.1f KB | %+.1f KB | %d/%d |", row.n, row.latency_ms,
         client[1], per_call_us(r), per_call_us(r) / per_call_us(row.floor), r.in_flight, kb_per_call(r),
         kb_per_call(r) - kb_per_call(row.floor), r.ok, r.calls)
@@ -400,19 +418,106 @@ local function in_flight()
   say("Targets: rrpc's CPU per call within 1.3x the floor's: %.2f sequential, %s in flight; no growth from 100 to"
     .. " 8000 in flight: %s µs.", per_call_us(seq_rrpc) / per_call_us(floor_seq), table.concat(ratios, ", "),
     table.concat(growth, " -> "))
+  bench.chart(seq, levels, clients)
+end
+
+-- The chart: section 6's figures for gnuplot (bench/chart.gp), into CHART.
+function bench.chart(seq, levels, clients)
+  local f = assert(io.open(CHART_DATA, "w"))
+  f:write("# calls in flight, CPU per call (µs), then KB per call in flight, of:")
+  for _, client in ipairs(clients) do f:write(" ", client[2]) end
+  f:write("\n1")
+  for _, client in ipairs(clients) do f:write((" %.1f"):format(per_call_us(seq[client[2]]))) end
+  for _ in ipairs(clients) do f:write(" NaN") end
+  for _, row in ipairs(levels) do
+    f:write("\n", row.n)
+    for _, client in ipairs(clients) do f:write((" %.1f"):format(per_call_us(row[client[2]]))) end
+    for _, client in ipairs(clients) do f:write((" %.2f"):format(kb_per_call(row[client[2]]))) end
+  end
+  f:write("\n")
+  f:close()
+  local commit = io.popen("git describe --always --dirty 2>/dev/null"):read("l") or "?"
+  local title = ("make bench, %s, rrpc %s, %d cores, loopback"):format(os.date("!%Y-%m-%d %H:%M UTC"), commit,
+    bench.cores)
+  assert(os.execute(("gnuplot -e \"data='%s'; out='%s'; run='%s'\" bench/chart.gp"):format(CHART_DATA, CHART, title)),
+    "gnuplot failed")
+  bench.say("")
+  bench.say("Chart: %s (data %s).", CHART, CHART_DATA)
+end
+
+-- 7. instructions per sequential call, counted by callgrind (immune to a busy machine):
+-- the difference between a run of 2 N calls and one of N, / N, so that start-up and the
+-- warm-up call cancel out --------------------------------------------------------------
+-- Instructions the command ran, and (with latency_ms: watched) the calls seen in flight.
+local function instructions_of(environment, command, latency_ms)
+  local out = os.tmpname()
+  local valgrind = ("env %svalgrind --tool=callgrind --callgrind-out-file=%s %s"):format(environment, out, command)
+  local r = latency_ms and watched(valgrind, latency_ms) or run_json(valgrind)
+  local f = assert(io.open(out))
+  local total = f:read("a"):match("\ntotals: (%d+)") or error("no totals in callgrind's output " .. out)
+  f:close()
+  os.remove(out)
+  return tonumber(total), r.in_flight
+end
+
+local function instructions()
+  local say = bench.say
+  local lua_env = "LUA_PATH='./lua/?.lua;./spec/support/?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' "
+  local function lua(...) return "lua5.4 bench/client.lua " .. quoted { ... } end
+  -- (instructions of `make(2 n)` - those of `make(n)`) / n; with latency_ms, also the
+  -- fewest calls seen in flight at once of the two runs
+  local function per_call(environment, make, n, latency_ms)
+    local twice, in_flight_twice = instructions_of(environment, make(2 * n), latency_ms)
+    local once, in_flight_once = instructions_of(environment, make(n), latency_ms)
+    return (twice - once) / n, latency_ms and math.min(in_flight_once, in_flight_twice)
+  end
+  local seq_path, buffer = floor_requests(PK, ECHO, 2 * CALLGRIND_CALLS + 1, "cg")
+  local device, n = "hold" .. CALLGRIND_LEVEL.latency_ms, CALLGRIND_IN_FLIGHT
+  local flight_path = floor_requests(BENCH_PK, device, 4 * n, "cgn")
+  local counts = { floor = {}, rrpc = {} }
+  counts.floor.sequential = per_call("", function(calls)
+    return ("%s %s %d 1 %d"):format(FLOOR, seq_path, calls, buffer)
+  end, CALLGRIND_CALLS)
+  counts.floor.in_flight, counts.floor.seen = per_call("", function(calls)
+    return ("%s %s %d %d %d"):format(FLOOR, flight_path, calls, n, buffer)
+  end, 2 * n, CALLGRIND_LEVEL.latency_ms)
+  counts.rrpc.sequential = per_call(lua_env, function(calls)
+    return lua("sequential", emu.url, "testid", "testsecret", PK, ECHO, calls, "v3")
+  end, CALLGRIND_CALLS)
+  counts.rrpc.in_flight, counts.rrpc.seen = per_call(lua_env, function(calls)
+    return lua("inflight", emu.url, "testid", "testsecret", BENCH_PK, device, calls, n, IN_FLIGHT_TIMEOUT_MS, "cgr")
+  end, 2 * n, CALLGRIND_LEVEL.latency_ms)
+  os.remove(seq_path)
+  os.remove(flight_path)
+  say("")
+  say("7. Instructions per call, counted by callgrind: sequential (runs of %d and %d calls to an echo device, the"
+    .. " difference / %d) and %d in flight (runs of 2 and 4 rounds of %d calls to the %d ms device, the difference /"
+    .. " %d: calls on kept-alive connections)", CALLGRIND_CALLS, 2 * CALLGRIND_CALLS, CALLGRIND_CALLS, n, n,
+    CALLGRIND_LEVEL.latency_ms, 2 * n)
+  say("")
+  say("| client | sequential | vs floor | %d in flight | vs floor | in flight at the emulator (fewest of both runs) |", n)
+  say("|---|---|---|---|---|---|")
+  for _, row in ipairs { { "libcurl floor", counts.floor }, { "rrpc (V3)", counts.rrpc } } do
+    say("| %s | %.0fk | %.2f | %.0fk | %.2f | %d |", row[1], row[2].sequential / 1000,
+      row[2].sequential / counts.floor.sequential, row[2].in_flight / 1000, row[2].in_flight / counts.floor.in_flight,
+      row[2].seen)
+  end
 end
 
 -- the run: the emulator, then each section in turn --------------------------------------
+assert(os.execute("command -v gnuplot >/dev/null"), "make bench draws its chart with gnuplot: make deps installs it")
+assert(os.execute(("mkdir -p \"$(dirname '%s')\""):format(CHART_DATA)))
 local devices = devices_file()
 emu = emulator.start { workers = 2, devices = devices }
 local ok, failure = pcall(function()
   local lines = {}
   function bench.say(fmt, ...) local s = fmt:format(...) print(s) lines[#lines + 1] = s end
-  print(("rrpc bench: emulator %s, %d cores"):format(emu.url, tonumber(io.popen("nproc"):read("a")) or 0))
+  bench.cores = tonumber(io.popen("nproc"):read("a")) or 0
+  print(("rrpc bench: emulator %s, %d cores"):format(emu.url, bench.cores))
   local sections = { sequential = sequential, quota_batch = quota_batch, gateway = gateway, shared_quota = shared_quota,
-                     in_flight = in_flight }
+                     in_flight = in_flight, instructions = instructions }
   -- BENCH_SECTIONS="in_flight gateway": only those, in this order
-  local order = { "sequential", "quota_batch", "gateway", "shared_quota", "in_flight" }
+  local order = { "sequential", "quota_batch", "gateway", "shared_quota", "in_flight", "instructions" }
   if os.getenv("BENCH_SECTIONS") then
     order = {}
     for name in os.getenv("BENCH_SECTIONS"):gmatch("%S+") do

@@ -28,6 +28,8 @@ packages=(
   clang libclang-rt-dev llvm valgrind       # make fuzz, make check-memory: clang with its
                                             # sanitizer and libFuzzer runtimes, llvm-symbolizer
                                             # and llvm-cov, valgrind
+  gnuplot-nox                               # make bench's chart (bench/chart.gp); valgrind above
+                                            # also counts its instructions per call (callgrind)
 )
 
 missing=()
