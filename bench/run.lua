@@ -518,6 +518,8 @@ local ok, failure = pcall(function()
                      in_flight = in_flight, instructions = instructions }
   -- BENCH_SECTIONS="in_flight gateway": only those, in this order
   local order = { "sequential", "quota_batch", "gateway", "shared_quota", "in_flight", "instructions" }
+  -- HTTPS and HTTP/2: bench/tls.lua, with emulators of its own
+  sections.tls, order[#order + 1] = function() for _, l in ipairs(dofile("bench/tls.lua").lines()) do bench.say("%s", l) end end, "tls"
   if os.getenv("BENCH_SECTIONS") then
     order = {}
     for name in os.getenv("BENCH_SECTIONS"):gmatch("%S+") do

@@ -76,7 +76,8 @@ Emulator.__index = Emulator
 -- options: devices (default emulator/devices.json in the repository), workers (default 1),
 -- tls = { cert = PEM file, key = PEM file } (default none: no HTTPS listener),
 -- vanish = true (a vanish listener too, default none), mqtt = true (the MQTT broker too,
--- default none), port (default: a free one).
+-- default none), port (default: a free one), keepalive_requests (emulator/run's
+-- --keepalive-requests, default its own).
 function emulator.start(options)
   options = options or {}
   if options.tls and not (options.tls.cert and options.tls.key) then
@@ -97,9 +98,11 @@ function emulator.start(options)
         tls_port_of(port), quote(tls.cert), quote(tls.key)) or ""
       local vanish_options = vanish and string.format(" --vanish-port %d", vanish_port_of(port)) or ""
       local mqtt_options = mqtt and string.format(" --mqtt-port %d", mqtt_port_of(port)) or ""
-      return string.format("%s/emulator/run --port %d --devices %s --workers %d --log %s%s%s%s",
+      local keepalive_option = options.keepalive_requests
+        and string.format(" --keepalive-requests %d", options.keepalive_requests) or ""
+      return string.format("%s/emulator/run --port %d --devices %s --workers %d --log %s%s%s%s%s",
         quote(ROOT), port, quote(devices), workers, quote(dir .. "/access.log"), tls_options,
-        vanish_options, mqtt_options)
+        vanish_options, mqtt_options, keepalive_option)
     end,
     healthy = function(drawn, pid)
       local port = port_of(drawn)
