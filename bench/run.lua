@@ -550,12 +550,14 @@ local ok, failure = pcall(function()
   function bench.say(fmt, ...) local s = fmt:format(...) print(s) lines[#lines + 1] = s end
   bench.cores = tonumber(io.popen("nproc"):read("a")) or 0
   print(("rrpc bench: emulator %s, %d cores"):format(emu.url, bench.cores))
-  local sections = { sequential = sequential, quota_batch = quota_batch, gateway = gateway, shared_quota = shared_quota,
-                     in_flight = in_flight, instructions = instructions }
+  local sections = {
+    sequential = sequential, quota_batch = quota_batch, gateway = gateway, shared_quota = shared_quota,
+    in_flight = in_flight, instructions = instructions,
+    -- HTTPS and HTTP/2: bench/tls.lua, with emulators of its own
+    tls = function() for _, l in ipairs(dofile("bench/tls.lua").lines()) do bench.say("%s", l) end end,
+  }
   -- BENCH_SECTIONS="in_flight gateway": only those, in this order
-  local order = { "sequential", "quota_batch", "gateway", "shared_quota", "in_flight", "instructions" }
-  -- HTTPS and HTTP/2: bench/tls.lua, with emulators of its own
-  sections.tls, order[#order + 1] = function() for _, l in ipairs(dofile("bench/tls.lua").lines()) do bench.say("%s", l) end end, "tls"
+  local order = { "sequential", "quota_batch", "gateway", "shared_quota", "in_flight", "instructions", "tls" }
   if os.getenv("BENCH_SECTIONS") then
     order = {}
     for name in os.getenv("BENCH_SECTIONS"):gmatch("%S+") do
