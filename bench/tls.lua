@@ -185,7 +185,7 @@ function M.lines()
     .. " / the most calls rrpc had in flight.")
   say("")
   say("With the emulator closing each connection after %d requests (--keepalive-requests %d): about %d connections"
-    .. " opened during each run", CHURN_REQUESTS, CHURN_REQUESTS, CALLS // CHURN_REQUESTS)
+    .. " opened during each run", CHURN_REQUESTS, CHURN_REQUESTS, math.floor(CALLS / CHURN_REQUESTS))
   say("")
   say("%s", header)
   say("|---|---|---|---|---|---|---|---|---|")
