@@ -357,19 +357,27 @@ describe("#slow #mqtt real devices on the emulator's MQTT broker", function()
         local name = i % 3 == 0 and "alpha" or fleet_name(i % FLEET_SIZE + 1)
         requests[i] = { product_key = i % 3 == 0 and PK or FLEET, device_name = name, payload = "w" .. i }
       end
-      local results, summary = rrpc.batch(client, requests, { concurrency = 100, qps = 100000, retry = false })
-      assert.equal(#requests, summary.ok)
-      for i, r in ipairs(results) do
-        assert.equal(requests[i].payload, r.res.payload)
+      -- which worker accepts a connection is the kernel's choice: on a busy machine one may
+      -- take them all, so batches go on (at most 5) until both workers have served calls
+      local pids, count = {}, 0
+      for _ = 1, 5 do
+        -- a client of its own each time: new connections
+        local round = rrpc.new { endpoint = emu.url, access_key_id = "testid", access_key_secret = "testsecret" }
+        local results, summary = rrpc.batch(round, requests, { concurrency = 100, qps = 100000, retry = false })
+        round:close()
+        assert.equal(#requests, summary.ok)
+        for i, r in ipairs(results) do
+          assert.equal(requests[i].payload, r.res.payload)
+        end
+        system.sleep(0.3) -- the access log is flushed every 100 ms
+        for _, line in ipairs(emu:log_lines()) do
+          local pid = line:match(" pid=(%d+) .* code=SUCCESS")
+          if pid and line:find("pk=" .. FLEET, 1, true) then pids[pid] = true end
+        end
+        count = 0
+        for _ in pairs(pids) do count = count + 1 end
+        if count == 2 then break end
       end
-      local pids = {}
-      system.sleep(0.3) -- the access log is flushed every 100 ms
-      for _, line in ipairs(emu:log_lines()) do
-        local pid = line:match(" pid=(%d+) .* code=SUCCESS")
-        if pid and line:find("pk=" .. FLEET, 1, true) then pids[pid] = true end
-      end
-      local count = 0
-      for _ in pairs(pids) do count = count + 1 end
       assert.equal(2, count)
     end)
   end)
