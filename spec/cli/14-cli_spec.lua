@@ -230,7 +230,9 @@ describe("rrpc command line #cli #slow", function()
     -- Starts `rrpc emulator` in the background; returns the rrpc PID, the nginx master's
     -- PID (from its health check), the port and the file its standard output goes to.
     local function start(extra)
-      for _ = 1, 3 do
+      -- a port drawn may be in use, also as the local port of some connection (the range lies
+      -- in the kernel's ephemeral ports): a try that says so costs little, another port is drawn
+      for _ = 1, 10 do
         local port = math.random(45001, 50000)
         local out_file = dir .. "/emulator.out"
         local args = { "emulator", "--port", tostring(port) }
