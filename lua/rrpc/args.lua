@@ -36,13 +36,10 @@ local function is_choice(choices, value)
   return false
 end
 
-local function is_missing(value, spec)
-  return value == nil or (spec.required and value == "" and not spec.empty)
-end
-
 -- What is wrong with one option's value (one that is there), or nil.
 local function value_problem(name, value, spec)
-  if not has_type(value, spec.type) then
+  local want = spec.type
+  if want ~= type(value) and not has_type(value, want) then -- the common case, without a call
     return ("option '%s' must be %s, got %s"):format(name, ARTICLE[spec.type] .. spec.type, type(value))
   end
   local range = spec.range
@@ -55,12 +52,25 @@ local function value_problem(name, value, spec)
   if spec.check then return spec.check(value) end
 end
 
--- The option names of each specs table, sorted once.
-local sorted_names = setmetatable({}, { __mode = "k" })
+-- Each specs table's options as { name, spec } pairs sorted by name, made once.
+local sorted_specs = setmetatable({}, { __mode = "k" })
+
+local function sorted(specs)
+  local list = sorted_specs[specs]
+  if not list then
+    local names = {}
+    for name in pairs(specs) do names[#names + 1] = name end
+    table.sort(names)
+    list = {}
+    for i, name in ipairs(names) do list[i] = { name, specs[name] } end
+    sorted_specs[specs] = list
+  end
+  return list
+end
 
 --- args.problem(opts, specs) --> nil | { option =, message = }
 -- Unknown options first, then the values given, then what is missing; each in a stable
--- order (the specs' names, sorted).
+-- order (the specs' names, sorted). One pass over the specs finds both of the last two.
 function args.problem(opts, specs)
   if type(opts) ~= "table" then
     return { message = "table expected, got " .. type(opts) }
@@ -70,22 +80,20 @@ function args.problem(opts, specs)
       return { option = name, message = ("unknown option '%s'"):format(tostring(name)) }
     end
   end
-  local names = sorted_names[specs]
-  if not names then
-    names = {}
-    for name in pairs(specs) do names[#names + 1] = name end
-    table.sort(names)
-    sorted_names[specs] = names
-  end
-  for _, name in ipairs(names) do
-    local value, spec = opts[name], specs[name]
-    local message = not is_missing(value, spec) and value_problem(name, value, spec)
-    if message then return { option = name, message = message } end
-  end
-  for _, name in ipairs(names) do
-    if specs[name].required and is_missing(opts[name], specs[name]) then
-      return { option = name, message = ("option '%s' is required"):format(name) }
+  local list, missing = sorted(specs), nil
+  for i = 1, #list do
+    local entry = list[i]
+    local name, spec = entry[1], entry[2]
+    local value = opts[name]
+    if value == nil or (value == "" and spec.required and not spec.empty) then -- missing
+      if spec.required and not missing then missing = name end
+    else
+      local message = value_problem(name, value, spec)
+      if message then return { option = name, message = message } end
     end
+  end
+  if missing then
+    return { option = missing, message = ("option '%s' is required"):format(missing) }
   end
 end
 
