@@ -466,25 +466,35 @@ static int fails_connecting(CURLcode c)
     }
 }
 
+/* Header names up to this long are lower-cased on the C stack. */
+#define HEADER_NAME_BYTES 64
+
 static void push_headers(lua_State *L, const struct rrpc_buffer *head)
 {
     const char *p = head->data, *end = head->data + head->len;
-    lua_newtable(L);
+    lua_createtable(L, 0, 8);
     while (p < end) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
         const char *line_end = eol ? eol : end, *colon, *v, *ve;
         colon = memchr(p, ':', (size_t)(line_end - p));
         if (colon != NULL && colon > p) {
-            luaL_Buffer name;
-            const char *c;
+            char low[HEADER_NAME_BYTES];
+            size_t n = (size_t)(colon - p), i;
             for (v = colon + 1; v < line_end && (*v == ' ' || *v == '\t'); v++)
                 ;
             for (ve = line_end; ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'); ve--)
                 ;
-            luaL_buffinit(L, &name);
-            for (c = p; c < colon; c++)
-                luaL_addchar(&name, (char)((*c >= 'A' && *c <= 'Z') ? *c + 32 : *c));
-            luaL_pushresult(&name);
+            if (n <= sizeof low) {
+                for (i = 0; i < n; i++)
+                    low[i] = (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i]);
+                lua_pushlstring(L, low, n);
+            } else { /* a name longer than any the platform sends */
+                luaL_Buffer name;
+                luaL_buffinit(L, &name);
+                for (i = 0; i < n; i++)
+                    luaL_addchar(&name, (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i]));
+                luaL_pushresult(&name);
+            }
             lua_pushvalue(L, -1);
             lua_rawget(L, -3);
             if (lua_isstring(L, -1)) { /* repeated header: join as HTTP does */
