@@ -99,6 +99,8 @@ def main():
     context.load_cert_chain(cert, key)
     context.set_alpn_protocols(["h2"])
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # a port left in TIME_WAIT by an earlier client's connection is free to listen on
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
     listener.listen(128)
     print("ready", flush=True)
