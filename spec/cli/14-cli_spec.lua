@@ -233,7 +233,7 @@ describe("rrpc command line #cli #slow", function()
       -- a port drawn may be in use, also as the local port of some connection (the range lies
       -- in the kernel's ephemeral ports): a try that says so costs little, another port is drawn
       for _ = 1, 10 do
-        local port = math.random(45001, 50000)
+        local port = process.spare_port()
         local out_file = dir .. "/emulator.out"
         local args = { "emulator", "--port", tostring(port) }
         for _, word in ipairs(extra or {}) do args[#args + 1] = word end
@@ -303,7 +303,7 @@ describe("rrpc command line #cli #slow", function()
     it("stops with Ctrl-C in its terminal", function()
       local terminal, master, started
       for _ = 1, 3 do -- another port when this one turns out to be in use
-        local port = math.random(45001, 50000)
+        local port = process.spare_port()
         local inner = ("env -i %s %s"):format(environment { credentials = false, endpoint = false },
           command_line { "emulator", "--port", tostring(port) })
         terminal = assert(io.popen(("script -q -c %s /dev/null >%s 2>&1"):format(quote(inner),
@@ -332,7 +332,7 @@ describe("rrpc command line #cli #slow", function()
         { credentials = false, endpoint = false })
       assert_one_line_error(status, 1, out, err, "^rrpc: port " .. busy.port .. " is in use by another program")
       local bad = file("bad-registry.json", '{"products": {}}')
-      status, out, err = rrpc({ "emulator", "--port", tostring(math.random(45001, 50000)), "--devices", bad },
+      status, out, err = rrpc({ "emulator", "--port", tostring(process.spare_port()), "--devices", bad },
         { credentials = false, endpoint = false })
       assert_one_line_error(status, 1, out, err, "^rrpc: the emulator did not start: bad registry: .-bad%-registry%.json: ")
     end)

@@ -6,6 +6,7 @@ local cjson = require "cjson"
 local emulator = require "emulator"
 local tls = require "tls"
 local system = require "system"
+local process = require "process"
 
 local PK = "a1RRpcDemo"
 
@@ -239,7 +240,7 @@ describe("proxies", function()
   setup(function()
     emu = emulator.start {}
     proxy_dir = io.popen("mktemp -d /tmp/rrpc-proxy.XXXXXX"):read("*l")
-    local port = math.random(45001, 50000)
+    local port = process.spare_port()
     local conf = assert(io.open(proxy_dir .. "/nginx.conf", "w"))
     conf:write(([[
       %s

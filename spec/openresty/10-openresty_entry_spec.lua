@@ -96,7 +96,7 @@ describe("the example gateway's entry #openresty #slow", function()
 
   describe("make gateway", function()
     local function free_port()
-      return math.random(45001, 50000)
+      return process.spare_port()
     end
 
     -- scripts/gateway.sh in the background; its PID and the file of its output.

@@ -42,18 +42,19 @@ if ROOT == "" then
 end
 
 
--- The HTTPS listener takes the neighbouring port, the vanish listener the next one: all
--- are retried if taken.
+-- The HTTPS listener takes the neighbouring port, the vanish listener the next one, the
+-- MQTT broker the one after (process.start_server leaves room for them): all are retried
+-- if taken.
 local function tls_port_of(port)
-  return port < 45000 and port + 1 or port - 1
+  return port + 1
 end
 
 local function vanish_port_of(port)
-  return port < 45000 and port + 2 or port - 2
+  return port + 2
 end
 
 local function mqtt_port_of(port)
-  return port < 45000 and port + 3 or port - 3
+  return port + 3
 end
 
 -- The health check's headers (lower-cased), or nil without an answer. `url` is the base

@@ -46,6 +46,23 @@ function process.terminate(pid)
   if process.alive(pid) then os.execute("kill -KILL " .. pid .. " 2>/dev/null") end
 end
 
+-- Ports are drawn below the kernel's ephemeral range (ip_local_port_range), where no
+-- connection of this machine has its local port (a load spec or a benchmark opens
+-- thousands); start_server draws from the lower part, process.spare_port, for what a spec
+-- starts itself, from the 2000 ports just below the range, so the two never meet.
+local EPHEMERAL_LOW = (function()
+  local f = io.open("/proc/sys/net/ipv4/ip_local_port_range")
+  local low = f and tonumber(f:read("*l"):match("^%s*(%d+)"))
+  if f then f:close() end
+  return low or 32768
+end)()
+local SPARE_PORTS = 2000
+local NEIGHBOURS = 3 -- the ports above its own that a server may take too (spec/support/emulator.lua)
+
+function process.spare_port()
+  return math.random(EPHEMERAL_LOW - SPARE_PORTS, EPHEMERAL_LOW - 1)
+end
+
 --- process.start_server{ name=, command=function(port, dir) --> shell command (backgrounded),
 --    healthy=function(port, pid) --> bool, ready=function(port, pid, dir) --> instance }
 -- Tries random ports until one is free; a temp dir per try, removed when the try fails.
@@ -54,7 +71,7 @@ function process.start_server(s)
   local failure
   for _ = 1, PORT_ATTEMPTS do
     local dir = process.output("mktemp -d /tmp/rrpc-" .. s.name .. "-spec.XXXXXX"):match("[^\n]+")
-    local port = math.random(20000, 45000)
+    local port = math.random(10000, EPHEMERAL_LOW - SPARE_PORTS - NEIGHBOURS - 1)
     local stderr = dir .. "/stderr.log"
     local pid = tonumber(process.output(s.command(port, dir) .. " </dev/null >" .. process.quote(dir .. "/stdout.log")
       .. " 2>" .. process.quote(stderr) .. " & echo $!"):match("%d+"))
