@@ -155,6 +155,60 @@ describe("HTTP versions over TLS", function()
   end)
 end)
 
+describe("reconnecting over TLS", function()
+  local certs, e
+
+  setup(function()
+    certs = tls.generate()
+    -- nginx closes each connection after 2 requests (h2: a GOAWAY after 2 streams)
+    e = emulator.start { tls = { cert = certs.cert, key = certs.key }, keepalive_requests = 2 }
+  end)
+
+  teardown(function()
+    e:stop()
+    tls.remove(certs)
+  end)
+
+  -- conn and reused of each RRpc call in the log, in order
+  local function connections_seen(n)
+    local deadline = system.monotime() + 5
+    while true do
+      local seen = {}
+      for _, line in ipairs(e:log_lines()) do
+        local conn, reused = line:match(" conn=(%d+) .* action=RRpc .* reused=(%S+)")
+        if conn then seen[#seen + 1] = { conn = conn, reused = reused } end
+      end
+      if #seen >= n or system.monotime() > deadline then return seen end
+      system.sleep(0.05)
+    end
+  end
+
+  for _, version in ipairs { "1.1", "2" } do
+    it("goes on when the server closes kept-alive connections, each call written once (" .. version .. ")", function()
+      local before = #connections_seen(0)
+      local c = rrpc.new { access_key_id = "testid", access_key_secret = "testsecret", endpoint = e.https_url,
+                           ca_file = certs.ca_file, http_version = version }
+      for i = 1, 6 do
+        local payload = ("reconnect-%s-%d-%f"):format(version, i, system.monotime())
+        assert.equal(payload, assert(c:rrpc { product_key = PK, device_name = "echo", payload = payload }).payload)
+        assert.equal(1, e:arrivals_of(payload))
+      end
+      c:close()
+      local seen = { unpack(connections_seen(before + 6), before + 1) }
+      assert.equal(6, #seen)
+      for i = 1, 6, 2 do
+        assert.equal(seen[i].conn, seen[i + 1].conn) -- two calls on each connection
+        if i > 1 then assert.are_not.equal(seen[i - 1].conn, seen[i].conn) end
+      end
+      if version == "1.1" then -- each new connection resumed the TLS session (see README on h2)
+        assert.equal(".", seen[1].reused)
+        assert.equal("r", seen[3].reused)
+        assert.equal("r", seen[5].reused)
+      end
+    end)
+  end
+end)
+
 describe("option http_version", function()
   local function new(opts)
     local o = { access_key_id = "testid", access_key_secret = "testsecret" }
