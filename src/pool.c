@@ -4,8 +4,14 @@
  *
  * The sockets are watched with epoll and driven by curl_multi_socket_action, so each
  * wake-up costs in proportion to the sockets that are ready, not to the calls in flight
- * (curl_multi_perform and poll() visit all of them every time). */
+ * (curl_multi_perform and poll() visit all of them every time).
+ *
+ * Over HTTP/1.1 the calls are spread over lanes, a multi handle for each LANE_CONNECTIONS
+ * of them: libcurl looks for a connection to reuse by walking every connection its multi
+ * handle keeps to the host, so one multi handle with 1000 connections costs each call a
+ * walk of 1000. Over HTTP/2 one multi handle multiplexes the calls on few connections. */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -15,11 +21,25 @@
 #include "transfer.h"
 
 #define EVENTS_PER_WAIT 256
+#define LANE_CONNECTIONS 100
+/* the lane of the caller's socket in an epoll event's data */
+#define WATCH_LANE UINT32_MAX
+
+struct pool;
+
+struct lane {
+    struct pool *pool;
+    CURLM *multi;
+    long long timer_at;           /* when libcurl wants its timeout handled (ms), or -1 */
+    long in_flight;
+    uint32_t index;
+    int acted;                    /* libcurl acted since its messages were last read */
+};
 
 struct pool {
-    CURLM *multi;
+    struct lane *lanes;           /* NULL once closed */
+    int lane_count;
     int epoll_fd;
-    long long timer_at;           /* when libcurl wants its timeout handled (ms), or -1 */
     struct rrpc_options options;
     struct rrpc_transfer *active; /* in flight, doubly linked */
     struct rrpc_transfer *idle;   /* ready for reuse, linked by next */
@@ -34,10 +54,11 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* libcurl says which events a socket needs; epoll watches for them. */
+/* libcurl says which events a socket needs; epoll watches for them, and tells the lane. */
 static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
-    struct pool *p = userp;
+    struct lane *lane = userp;
+    struct pool *p = lane->pool;
     struct epoll_event ev;
     if (what == CURL_POLL_REMOVE) {
         epoll_ctl(p->epoll_fd, EPOLL_CTL_DEL, fd, NULL);
@@ -45,14 +66,14 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     }
     memset(&ev, 0, sizeof ev);
     ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
-    ev.data.fd = fd;
+    ev.data.u64 = (uint64_t)lane->index << 32 | (uint32_t)fd;
     /* libcurl keeps our mark on the sockets epoll already watches (curl_multi_assign;
      * gone with CURL_POLL_REMOVE): a new socket is added, a known one modified, so no
      * epoll_ctl is tried in vain */
     if (socketp == NULL) {
         if (epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0 && errno == EEXIST)
             epoll_ctl(p->epoll_fd, EPOLL_CTL_MOD, fd, &ev);
-        curl_multi_assign(p->multi, fd, p);
+        curl_multi_assign(lane->multi, fd, lane);
     } else if (epoll_ctl(p->epoll_fd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT) {
         epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, fd, &ev);
     }
@@ -61,15 +82,15 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
 
 static int on_timer(CURLM *multi, long timeout_ms, void *userp)
 {
-    struct pool *p = userp;
-    p->timer_at = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    struct lane *lane = userp;
+    lane->timer_at = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     return 0;
 }
 
 static struct pool *check_pool(lua_State *L)
 {
     struct pool *p = luaL_checkudata(L, 1, RRPC_POOL_MT);
-    if (p->multi == NULL)
+    if (p->lanes == NULL)
         luaL_error(L, "attempt to use a closed rrpc pool");
     return p;
 }
@@ -120,7 +141,9 @@ static void free_transfer(struct rrpc_transfer *t)
 /* Takes a transfer out of the flight and keeps it for reuse, or frees it past max_idle. */
 static void retire(struct pool *p, struct rrpc_transfer *t)
 {
-    curl_multi_remove_handle(p->multi, t->easy);
+    struct lane *lane = &p->lanes[t->lane];
+    curl_multi_remove_handle(lane->multi, t->easy);
+    lane->in_flight--;
     rrpc_transfer_done(t);
     unlink_active(p, t);
     push_idle(p, t);
@@ -136,7 +159,7 @@ static void trim_idle(struct pool *p)
 int l_pool(lua_State *L)
 {
     struct pool *p;
-    long max_connections;
+    long max_connections, lanes, i;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     lua_getfield(L, 1, "max_connections");
@@ -152,19 +175,30 @@ int l_pool(lua_State *L)
     luaL_setmetatable(L, RRPC_POOL_MT);
     rrpc_options_read(L, 1, &p->options);
     p->max_idle = max_connections;
-    p->timer_at = -1;
     p->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     if (p->epoll_fd < 0)
         return luaL_error(L, "cannot create an epoll instance: %s", strerror(errno));
-    p->multi = rrpc_curl_ready() ? curl_multi_init() : NULL;
-    if (p->multi == NULL)
-        return luaL_error(L, "cannot create a libcurl multi handle");
-    /* keep as many connections alive as calls may be in flight */
-    curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, max_connections);
-    curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
-    curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, on_timer);
-    curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p);
+    lanes = p->options.http_version == CURL_HTTP_VERSION_1_1
+                ? (max_connections + LANE_CONNECTIONS - 1) / LANE_CONNECTIONS : 1;
+    p->lanes = calloc((size_t)lanes, sizeof *p->lanes);
+    if (p->lanes == NULL)
+        return luaL_error(L, "out of memory");
+    for (i = 0; i < lanes; i++) {
+        struct lane *lane = &p->lanes[i];
+        lane->pool = p;
+        lane->index = (uint32_t)i;
+        lane->timer_at = -1;
+        lane->multi = rrpc_curl_ready() ? curl_multi_init() : NULL;
+        if (lane->multi == NULL)
+            return luaL_error(L, "cannot create a libcurl multi handle");
+        p->lane_count++;
+        /* keep as many connections alive as calls may be in flight */
+        curl_multi_setopt(lane->multi, CURLMOPT_MAXCONNECTS, (max_connections + lanes - 1) / lanes);
+        curl_multi_setopt(lane->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+        curl_multi_setopt(lane->multi, CURLMOPT_SOCKETDATA, lane);
+        curl_multi_setopt(lane->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+        curl_multi_setopt(lane->multi, CURLMOPT_TIMERDATA, lane);
+    }
     return 1;
 }
 
@@ -186,18 +220,25 @@ static void ensure_idle(lua_State *L, struct pool *p)
     push_idle(p, t);
 }
 
-/* The prepared transfer at the head of the idle list joins the flight. */
+/* The prepared transfer at the head of the idle list joins the flight, in the lane with
+ * the fewest calls. */
 static int start(lua_State *L, struct pool *p, lua_Integer token)
 {
     struct rrpc_transfer *t = pop_idle(p);
+    int i, best = 0;
+    for (i = 1; i < p->lane_count; i++)
+        if (p->lanes[i].in_flight < p->lanes[best].in_flight)
+            best = i;
     t->token = token;
+    t->lane = best;
     link_active(p, t);
-    if (curl_multi_add_handle(p->multi, t->easy) != CURLM_OK) {
+    if (curl_multi_add_handle(p->lanes[best].multi, t->easy) != CURLM_OK) {
         rrpc_transfer_done(t);
         unlink_active(p, t);
         push_idle(p, t);
         return luaL_error(L, "cannot add the call to the libcurl multi handle");
     }
+    p->lanes[best].in_flight++;
     return 0;
 }
 
@@ -229,35 +270,42 @@ static int pool_add_signed(lua_State *L)
     return start(L, p, token);
 }
 
-/* Moves finished transfers into the results table at `results`; returns how many. */
+/* Moves finished transfers into the results table at `results`; returns how many. Only
+ * the lanes where libcurl acted can have finished any. */
 static int collect(lua_State *L, struct pool *p, int results, int n)
 {
     CURLMsg *msg;
-    int left;
-    while ((msg = curl_multi_info_read(p->multi, &left)) != NULL) {
-        struct rrpc_transfer *t = NULL;
-        CURLcode rc = msg->data.result;
-        if (msg->msg != CURLMSG_DONE)
+    int left, i;
+    for (i = 0; i < p->lane_count; i++) {
+        struct lane *lane = &p->lanes[i];
+        if (!lane->acted)
             continue;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
-        retire(p, t); /* owned by the pool before any Lua allocation can raise */
+        while ((msg = curl_multi_info_read(lane->multi, &left)) != NULL) {
+            struct rrpc_transfer *t = NULL;
+            CURLcode rc = msg->data.result;
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+            retire(p, t); /* owned by the pool before any Lua allocation can raise */
 
-        lua_createtable(L, 0, 5);
-        lua_pushinteger(L, t->token);
-        lua_setfield(L, -2, "token");
-        rrpc_transfer_push_result(L, t, rc);
-        if (lua_isnil(L, -4)) { /* nil, code, message, sent */
-            lua_setfield(L, -5, "sent");
-            lua_setfield(L, -4, "message");
-            lua_setfield(L, -3, "code");
-            lua_pop(L, 1);
-        } else { /* status, headers, body, info */
-            lua_setfield(L, -5, "info");
-            lua_setfield(L, -4, "body");
-            lua_setfield(L, -3, "headers");
-            lua_setfield(L, -2, "status");
+            lua_createtable(L, 0, 5);
+            lua_pushinteger(L, t->token);
+            lua_setfield(L, -2, "token");
+            rrpc_transfer_push_result(L, t, rc);
+            if (lua_isnil(L, -4)) { /* nil, code, message, sent */
+                lua_setfield(L, -5, "sent");
+                lua_setfield(L, -4, "message");
+                lua_setfield(L, -3, "code");
+                lua_pop(L, 1);
+            } else { /* status, headers, body, info */
+                lua_setfield(L, -5, "info");
+                lua_setfield(L, -4, "body");
+                lua_setfield(L, -3, "headers");
+                lua_setfield(L, -2, "status");
+            }
+            lua_rawseti(L, results, ++n);
         }
-        lua_rawseti(L, results, ++n);
+        lane->acted = 0; /* after the loop: a raise above leaves the rest to be read */
     }
     trim_idle(p);
     return n;
@@ -269,29 +317,40 @@ static void drive(struct pool *p, long long wait_ms)
 {
     struct epoll_event events[EVENTS_PER_WAIT];
     int i, ready, running;
-    if (p->timer_at >= 0) {
-        long long until_timer = p->timer_at - now_ms();
-        if (until_timer < wait_ms)
-            wait_ms = until_timer < 0 ? 0 : until_timer;
+    long long now = now_ms();
+    for (i = 0; i < p->lane_count; i++) {
+        long long at = p->lanes[i].timer_at;
+        if (at >= 0 && at - now < wait_ms)
+            wait_ms = at - now < 0 ? 0 : at - now;
     }
     ready = epoll_wait(p->epoll_fd, events, EVENTS_PER_WAIT, (int)wait_ms);
     for (i = 0; i < ready; i++) {
+        uint32_t lane_index = (uint32_t)(events[i].data.u64 >> 32);
+        curl_socket_t fd = (curl_socket_t)(uint32_t)events[i].data.u64;
+        struct lane *lane;
         int flags = 0;
-        if (events[i].data.fd == p->watch_fd) { /* the caller's, not libcurl's */
+        if (lane_index == WATCH_LANE) { /* the caller's, not libcurl's */
             p->watch_ready = 1;
             continue;
         }
+        lane = &p->lanes[lane_index];
         if (events[i].events & EPOLLIN)
             flags |= CURL_CSELECT_IN;
         if (events[i].events & EPOLLOUT)
             flags |= CURL_CSELECT_OUT;
         if (events[i].events & (EPOLLERR | EPOLLHUP))
             flags |= CURL_CSELECT_ERR;
-        curl_multi_socket_action(p->multi, events[i].data.fd, flags, &running);
+        curl_multi_socket_action(lane->multi, fd, flags, &running);
+        lane->acted = 1;
     }
-    if (p->timer_at >= 0 && now_ms() >= p->timer_at) {
-        p->timer_at = -1;
-        curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    now = now_ms();
+    for (i = 0; i < p->lane_count; i++) {
+        struct lane *lane = &p->lanes[i];
+        if (lane->timer_at >= 0 && now >= lane->timer_at) {
+            lane->timer_at = -1;
+            curl_multi_socket_action(lane->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+            lane->acted = 1;
+        }
     }
 }
 
@@ -304,7 +363,7 @@ static void watch(struct pool *p, int fd, int write)
         return;
     memset(&ev, 0, sizeof ev);
     ev.events = EPOLLIN | (write ? EPOLLOUT : 0);
-    ev.data.fd = fd;
+    ev.data.u64 = (uint64_t)WATCH_LANE << 32 | (uint32_t)fd;
     if (epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, fd, &ev) == 0)
         p->watch_fd = fd;
 }
@@ -378,18 +437,20 @@ static int pool_count(lua_State *L)
 static int pool_close(lua_State *L)
 {
     struct pool *p = luaL_checkudata(L, 1, RRPC_POOL_MT);
+    int i;
     while (p->active != NULL) {
         struct rrpc_transfer *t = p->active;
-        curl_multi_remove_handle(p->multi, t->easy);
+        curl_multi_remove_handle(p->lanes[t->lane].multi, t->easy);
         unlink_active(p, t);
         free_transfer(t);
     }
     while (p->idle != NULL)
         free_transfer(pop_idle(p));
-    if (p->multi != NULL) {
-        curl_multi_cleanup(p->multi);
-        p->multi = NULL;
-    }
+    for (i = 0; i < p->lane_count; i++)
+        curl_multi_cleanup(p->lanes[i].multi);
+    free(p->lanes);
+    p->lanes = NULL;
+    p->lane_count = 0;
     if (p->epoll_fd >= 0) {
         close(p->epoll_fd);
         p->epoll_fd = -1;
@@ -401,7 +462,7 @@ static int pool_close(lua_State *L)
 static int pool_tostring(lua_State *L)
 {
     struct pool *p = luaL_checkudata(L, 1, RRPC_POOL_MT);
-    if (p->multi == NULL)
+    if (p->lanes == NULL)
         lua_pushliteral(L, "rrpc.pool (closed)");
     else
         lua_pushfstring(L, "rrpc.pool (%d in flight)", (int)p->in_flight);

@@ -64,6 +64,7 @@ struct rrpc_transfer {
     int refused;                 /* the server refused that stream before processing it */
     size_t budgeted;             /* bytes of this call's answer counted in the budget */
     lua_Integer token;           /* the pool's name for this call */
+    int lane;                    /* the pool's multi handle for this call */
     struct rrpc_transfer *next;  /* the pool's lists */
     struct rrpc_transfer *prev;
     char error[CURL_ERROR_SIZE];
