@@ -17,6 +17,9 @@
 /* The headers V3 signs that this request sends. */
 #define V3_HEADERS 8
 #define FORM_TYPE "application/x-www-form-urlencoded"
+/* A signer's request with up to this many parameters and V1's common ones reads them into
+ * an array on the C stack (an RRpc call has six at most). */
+#define PARAMS_ON_STACK 24
 
 struct request {
     const char *endpoint, *host, *action, *version, *key_id, *secret, *token, *region;
@@ -76,12 +79,20 @@ static int draw_nonce(char out[33])
     return 1;
 }
 
+/* The time is formatted once per second (per thread), not once per request. */
+static __thread time_t formatted_at = (time_t)-1;
+static __thread char formatted[21];
+
 static void utc_now(char out[21])
 {
     time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    if (now != formatted_at) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(formatted, sizeof formatted, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        formatted_at = now;
+    }
+    memcpy(out, formatted, sizeof formatted);
 }
 
 /* nonce() --> 32 hex digits */
@@ -319,6 +330,7 @@ int l_build_request(lua_State *L)
 void rrpc_sign_with(lua_State *L, int signer, int action, int params, struct rrpc_signed *out)
 {
     struct signer *g = luaL_checkudata(L, signer, RRPC_SIGNER_MT);
+    struct rrpc_kv few[PARAMS_ON_STACK];
     struct request r;
     if (g->keyed == NULL)
         luaL_error(L, "attempt to use a released rrpc signer");
@@ -336,7 +348,10 @@ void rrpc_sign_with(lua_State *L, int signer, int action, int params, struct rrp
     r.action = rrpc_checkstring(L, action, NULL);
     luaL_checktype(L, params, LUA_TTABLE);
     draw_fresh(L, &r);
-    r.params = rrpc_collect_params(L, params, "params", V1_COMMON_PARAMS, &r.n);
+    if (rrpc_collect_params_into(L, params, "params", few, PARAMS_ON_STACK, V1_COMMON_PARAMS, &r.n))
+        r.params = few;
+    else
+        r.params = rrpc_collect_params(L, params, "params", V1_COMMON_PARAMS, &r.n);
     sign_request(L, &r);
 }
 

@@ -28,6 +28,33 @@ void rrpc_kv_set(struct rrpc_kv *kv, const char *k, const char *v)
     kv->vl = strlen(v);
 }
 
+/* Reads the entry at the top of the stack (key at -2, value at -1) into kv. A number's
+ * text is converted on a copy: into anchors[slot] when anchors is a stack index, or else
+ * left on the stack below the key (the caller made room for it). */
+static void read_entry(lua_State *L, struct rrpc_kv *kv, const char *what, int anchors, int slot)
+{
+    int vt = lua_type(L, -1);
+    if (lua_type(L, -2) != LUA_TSTRING)
+        luaL_error(L, "bad %s: names must be strings, got %s", what, luaL_typename(L, -2));
+    kv->k = lua_tolstring(L, -2, &kv->kl);
+    if (vt == LUA_TBOOLEAN) {
+        kv->v = lua_toboolean(L, -1) ? "true" : "false";
+        kv->vl = strlen(kv->v);
+    } else if (vt == LUA_TNUMBER) {
+        lua_pushvalue(L, -1); /* converting a copy leaves the table untouched */
+        kv->v = lua_tolstring(L, -1, &kv->vl);
+        if (anchors)
+            lua_rawseti(L, anchors, slot);
+        else
+            lua_insert(L, -3); /* copy, key, value */
+    } else if (vt == LUA_TSTRING) {
+        kv->v = lua_tolstring(L, -1, &kv->vl);
+    } else {
+        luaL_error(L, "bad %s: value of '%s' must be a string, number or boolean, got %s", what,
+                   kv->k, luaL_typename(L, -1));
+    }
+}
+
 /* Reads the string-keyed table at absolute index t into an array with room for `extra` more
  * entries. The array lives in a userdata and converted numbers in an anchor table, both
  * pushed (two values), so an error raised later leaks nothing. */
@@ -47,28 +74,35 @@ struct rrpc_kv *rrpc_collect_params(lua_State *L, int t, const char *what, size_
     anchors = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, t)) {
-        int vt = lua_type(L, -1);
-        if (lua_type(L, -2) != LUA_TSTRING)
-            luaL_error(L, "bad %s: names must be strings, got %s", what, luaL_typename(L, -2));
-        a[i].k = lua_tolstring(L, -2, &a[i].kl);
-        if (vt == LUA_TBOOLEAN) {
-            a[i].v = lua_toboolean(L, -1) ? "true" : "false";
-            a[i].vl = strlen(a[i].v);
-        } else if (vt == LUA_TNUMBER) {
-            lua_pushvalue(L, -1); /* converting a copy leaves the table untouched */
-            a[i].v = lua_tolstring(L, -1, &a[i].vl);
-            lua_rawseti(L, anchors, (int)i + 1);
-        } else if (vt == LUA_TSTRING) {
-            a[i].v = lua_tolstring(L, -1, &a[i].vl);
-        } else {
-            luaL_error(L, "bad %s: value of '%s' must be a string, number or boolean, got %s", what,
-                       a[i].k, luaL_typename(L, -1));
-        }
+        read_entry(L, &a[i], what, anchors, (int)i + 1);
         i++;
         lua_pop(L, 1);
     }
     *count = n;
     return a;
+}
+
+/* As rrpc_collect_params, into the caller's array a (room entries, `extra` of them kept
+ * free) in one pass, without a userdata or an anchor table: converted numbers stay on the
+ * stack. Returns 0 when the table has more entries than that (a's contents are then
+ * meaningless, and some converted numbers may be left on the stack). */
+int rrpc_collect_params_into(lua_State *L, int t, const char *what, struct rrpc_kv *a,
+                             size_t room, size_t extra, size_t *count)
+{
+    size_t i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        if (i + extra >= room) {
+            lua_pop(L, 2);
+            return 0;
+        }
+        luaL_checkstack(L, 3, "reading parameters");
+        read_entry(L, &a[i], what, 0, 0);
+        i++;
+        lua_pop(L, 1);
+    }
+    *count = i;
+    return 1;
 }
 
 void rrpc_add_canonical_query(luaL_Buffer *b, const struct rrpc_kv *a, size_t n,

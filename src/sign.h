@@ -13,6 +13,11 @@ void rrpc_kv_set(struct rrpc_kv *kv, const char *k, const char *v);
 struct rrpc_kv *rrpc_collect_params(lua_State *L, int t, const char *what, size_t extra,
                                     size_t *count);
 
+/* The same into the caller's array (room entries, extra kept free), converted numbers left
+ * on the stack; 0 when the table does not fit. */
+int rrpc_collect_params_into(lua_State *L, int t, const char *what, struct rrpc_kv *a,
+                             size_t room, size_t extra, size_t *count);
+
 /* k=v&k=v over a sorted array, percent-encoded, leaving out the parameter `skip`. */
 void rrpc_add_canonical_query(luaL_Buffer *b, const struct rrpc_kv *a, size_t n,
                               const char *skip);

@@ -301,10 +301,11 @@ end
 --- client.sign(self, p, call, given) --> url, headers, body, steps | nil, err
 -- A fresh nonce and timestamp each time (given.timestamp and given.nonce instead, when
 -- there), with the provider's current credentials.
+local function has_control(v) return type(v) == "string" and v:find("%c") ~= nil end
+
 -- The provider's current credentials --> c | nil, err
 local function current_credentials(p)
   local c, why = p.credentials:get(p.fetch)
-  local function has_control(v) return type(v) == "string" and v:find("%c") ~= nil end
   if c and (has_control(c.access_key_id) or has_control(c.security_token)) then
     -- both travel in headers (V3): a CR or LF would start a header of its own
     c, why = nil, "the AccessKey ID or security token contains control characters"
@@ -336,19 +337,22 @@ function client.sign(self, p, call, given)
 end
 
 --- client.signer(self, p) --> signer | nil, err
--- rrpc.core.signer for the provider's current credentials (one per credentials): what a
+-- rrpc.core.signer for the provider's current credentials (one per credentials and their
+-- values, should a provider change a table it returned before): what a
 -- transport with send_signed signs with, as client.sign would, a fresh nonce and time each.
 function client.signer(self, p)
   local c, err = current_credentials(p)
   if not c then return nil, err end
-  if p.signer_of ~= c then
+  local made = p.signer_made -- the credentials a signer was made of, and their values then
+  if not (made and made.of == c and made.id == c.access_key_id and made.secret == c.access_key_secret
+          and made.token == c.security_token) then
+    p.signer_made = { of = c, id = c.access_key_id, secret = c.access_key_secret, token = c.security_token }
     p.signer = core.signer {
       endpoint = self.endpoint, host = self.host, version = limits.API_VERSION,
       access_key_id = c.access_key_id, access_key_secret = c.access_key_secret,
       security_token = c.security_token, region_id = self.region, signature = self.signature,
       placement = self.placement,
     }
-    p.signer_of = c
   end
   return p.signer
 end
