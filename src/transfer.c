@@ -342,9 +342,12 @@ void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int
 }
 
 /* The lines libcurl adds to a POST of its own accord, which a signed request goes without:
- * a 100-continue round trip, a catch-all Accept, and an unsigned form Content-Type (the
- * last only when the request has no Content-Type of its own). */
-static const char *const UNSENT[] = {"Expect:", "Accept:", "Content-Type:"};
+ * a 100-continue round trip, a catch-all Accept, the list of encodings it decodes (the
+ * platform's answers are a few hundred bytes; one that comes compressed all the same is
+ * still decoded, within max_response_bytes), and an unsigned form Content-Type (the last
+ * only when the request has no Content-Type of its own). */
+static const char *const UNSENT[] = {"Expect:", "Accept:", "Accept-Encoding:", "Content-Type:"};
+#define UNSENT_COUNT 4
 
 static char *put(char *p, const char *s, size_t n)
 {
@@ -355,7 +358,7 @@ static char *put(char *p, const char *s, size_t n)
 void rrpc_transfer_prepare_signed(lua_State *L, struct rrpc_transfer *t, const struct rrpc_signed *s,
                                   long timeout_ms)
 {
-    size_t need = s->url_len + 1 + s->body_len + 1, i, n = 0, unsent = 3;
+    size_t need = s->url_len + 1 + s->body_len + 1, i, n = 0, unsent = UNSENT_COUNT;
     int has_type = 0;
     char *p, *url, *body;
     for (i = 0; i < s->nh; i++) {
@@ -363,7 +366,7 @@ void rrpc_transfer_prepare_signed(lua_State *L, struct rrpc_transfer *t, const s
         has_type = has_type || strcasecmp(s->headers[i].k, "Content-Type") == 0;
     }
     if (has_type)
-        unsent = 2;
+        unsent = UNSENT_COUNT - 1;
     for (i = 0; i < unsent; i++)
         need += strlen(UNSENT[i]) + 1;
     rrpc_transfer_release(t); /* the answer of the call before */

@@ -54,7 +54,7 @@ struct rrpc_transfer {
     /* a request of rrpc_transfer_prepare_signed's: its URL, body and header lines in one
      * buffer, kept from call to call, and the list that points into it */
     struct rrpc_buffer request;
-    struct curl_slist lines[RRPC_SIGNED_HEADERS + 3];
+    struct curl_slist lines[RRPC_SIGNED_HEADERS + 4];
     struct rrpc_buffer body, head;
     const struct rrpc_options *options;
     int too_large, over_budget;
