@@ -318,7 +318,8 @@ local function current_credentials(p)
     -- What errors are scrubbed of: the secret and token of these credentials and of the
     -- ones before them (a batch reads answers to requests signed before a refresh).
     local before = p.signed_with or {}
-    p.secrets = { c.access_key_secret, c.security_token, before.access_key_secret, before.security_token }
+    p.secrets = errors.prepared_secrets { c.access_key_secret, c.security_token, before.access_key_secret,
+                                          before.security_token }
     p.signed_with = c
   end
   p.access_key_id = c.access_key_id

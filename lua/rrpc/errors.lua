@@ -171,13 +171,26 @@ local function end_scope(outer, ok, ...)
   return ...
 end
 
+local Prepared = {}
+
+--- errors.prepared_secrets(secrets) --> what errors.scrubbing takes as it is: `secrets` (a
+-- string, a list, or nil) sorted once, for a client to make when its credentials change
+-- rather than a scope to make for every answer it reads.
+function errors.prepared_secrets(secrets)
+  return setmetatable(secret_list(secrets), Prepared)
+end
+
 --- errors.scrubbing(secrets, fn, ...) --> fn(...); every error made meanwhile, whatever
 -- made it, is scrubbed of `secrets` (and of those of an enclosing errors.scrubbing).
 function errors.scrubbing(secrets, fn, ...)
   local outer = scope_secrets
-  local list = secret_list(secrets)
-  for _, s in ipairs(outer or {}) do list[#list + 1] = s end
-  scope_secrets = #list > 0 and secret_list(list) or outer
+  if outer == nil and getmetatable(secrets) == Prepared then
+    scope_secrets = secrets
+  else
+    local list = secret_list(secrets)
+    for _, s in ipairs(outer or {}) do list[#list + 1] = s end
+    scope_secrets = #list > 0 and secret_list(list) or outer
+  end
   return end_scope(outer, pcall(fn, ...))
 end
 

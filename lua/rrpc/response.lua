@@ -117,11 +117,6 @@ end
 -- of `secrets`, in any field: the platform echoes them (a V1 SignatureDoesNotMatch shows
 -- its string to sign, which holds the token).
 function response.interpret(outcome, status, headers, body, secrets)
-  -- Reading makes no error when the answer is a result, so a result needs no scrubbing
-  -- scope (which costs as much as the reading); an error is made again within one.
-  -- Reading is deterministic: it decodes the same body the same way.
-  local res = read(outcome, status, headers, body)
-  if res then return res end
   return errors.scrubbing(secrets, read, outcome, status, headers, body)
 end
 
