@@ -114,6 +114,20 @@ int l_timestamp(lua_State *L)
     return 1;
 }
 
+/* The table at index 1's signature ("v1" | "v3", default "v3") and placement ("body" |
+ * "query", default "body"), as build_request and signer both take them. */
+static void read_form(lua_State *L, int *v1, int *in_body)
+{
+    const char *signature = rrpc_opt_string(L, 1, "signature", "v3");
+    const char *placement = rrpc_opt_string(L, 1, "placement", "body");
+    if (strcmp(signature, "v1") != 0 && strcmp(signature, "v3") != 0)
+        luaL_error(L, "bad field 'signature' (\"v1\" or \"v3\" expected, got \"%s\")", signature);
+    if (strcmp(placement, "body") != 0 && strcmp(placement, "query") != 0)
+        luaL_error(L, "bad field 'placement' (\"body\" or \"query\" expected, got \"%s\")", placement);
+    *v1 = strcmp(signature, "v1") == 0;
+    *in_body = strcmp(placement, "body") == 0;
+}
+
 static void draw_fresh(lua_State *L, struct request *r)
 {
     if (r->nonce == NULL) {
@@ -132,7 +146,6 @@ static void draw_fresh(lua_State *L, struct request *r)
  * table. */
 static void read_request(lua_State *L, struct request *r)
 {
-    const char *signature, *placement;
     luaL_checktype(L, 1, LUA_TTABLE);
     r->endpoint = rrpc_req_string(L, 1, "endpoint");
     r->host = rrpc_req_string(L, 1, "host");
@@ -142,14 +155,7 @@ static void read_request(lua_State *L, struct request *r)
     r->secret = rrpc_req_string(L, 1, "access_key_secret");
     r->token = rrpc_opt_string(L, 1, "security_token", NULL);
     r->region = rrpc_opt_string(L, 1, "region_id", NULL);
-    signature = rrpc_opt_string(L, 1, "signature", "v3");
-    placement = rrpc_opt_string(L, 1, "placement", "body");
-    if (strcmp(signature, "v1") != 0 && strcmp(signature, "v3") != 0)
-        luaL_error(L, "bad field 'signature' (\"v1\" or \"v3\" expected, got \"%s\")", signature);
-    if (strcmp(placement, "body") != 0 && strcmp(placement, "query") != 0)
-        luaL_error(L, "bad field 'placement' (\"body\" or \"query\" expected, got \"%s\")", placement);
-    r->v1 = strcmp(signature, "v1") == 0;
-    r->in_body = strcmp(placement, "body") == 0;
+    read_form(L, &r->v1, &r->in_body);
     lua_getfield(L, 1, "access_key_secret");
     lua_tolstring(L, -1, &r->secret_len);
     lua_pop(L, 1);
@@ -367,7 +373,7 @@ static const char *const SIGNER_FIELDS[] = {"endpoint", "host", "version", "acce
  *   build_request does with these fields, a fresh nonce and the time */
 int l_signer(lua_State *L)
 {
-    const char *value[SIGNER_STRINGS], *signature, *placement, *secret;
+    const char *value[SIGNER_STRINGS], *secret;
     char **field[SIGNER_STRINGS];
     size_t len[SIGNER_STRINGS], total = 0, secret_len, i;
     struct signer *g;
@@ -393,14 +399,7 @@ int l_signer(lua_State *L)
     lua_getfield(L, 1, "access_key_secret");
     lua_tolstring(L, -1, &secret_len);
     lua_pop(L, 1);
-    signature = rrpc_opt_string(L, 1, "signature", "v3");
-    placement = rrpc_opt_string(L, 1, "placement", "body");
-    if (strcmp(signature, "v1") != 0 && strcmp(signature, "v3") != 0)
-        luaL_error(L, "bad field 'signature' (\"v1\" or \"v3\" expected, got \"%s\")", signature);
-    if (strcmp(placement, "body") != 0 && strcmp(placement, "query") != 0)
-        luaL_error(L, "bad field 'placement' (\"body\" or \"query\" expected, got \"%s\")", placement);
-    g->v1 = strcmp(signature, "v1") == 0;
-    g->in_body = strcmp(placement, "body") == 0;
+    read_form(L, &g->v1, &g->in_body);
 
     text = malloc(total);
     if (text == NULL)
