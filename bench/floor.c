@@ -119,9 +119,11 @@ static void read_requests(const char *path)
                 break;
             r->headers = curl_slist_append(r->headers, line);
         }
-        /* as rrpc sends them: no 100-continue, no catch-all Accept */
+        /* as rrpc sends them: no 100-continue, no catch-all Accept, no Accept-Encoding
+         * (an answer that comes compressed all the same is still decoded) */
         r->headers = curl_slist_append(r->headers, "Expect:");
         r->headers = curl_slist_append(r->headers, "Accept:");
+        r->headers = curl_slist_append(r->headers, "Accept-Encoding:");
         if (fgets(line, sizeof line, f) == NULL)
             fail("a request without a body line", path);
         line[strcspn(line, "\r\n")] = '\0';
