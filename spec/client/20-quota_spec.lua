@@ -214,8 +214,9 @@ describe("rrpc.quota.redis: many processes, one key #slow", function()
     for _, r in ipairs(results) do assert.equal(r.sent, r.ok) end
     for name, s in pairs { a = a_stats, b = b_stats } do
       assert.is_true(s.max_per_second <= QPS, name .. ": busiest second " .. s.max_per_second)
-      -- neither key's calls take the other's slots
-      assert.is_true(s.total >= 0.85 * QPS * SECONDS, name .. ": " .. s.total)
+      -- neither key's calls take the other's slots (sharing them would give each about half;
+      -- the workers' start-up on a busy machine costs part of the first second)
+      assert.is_true(s.total >= 0.75 * QPS * SECONDS, name .. ": " .. s.total)
     end
   end)
 
