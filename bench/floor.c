@@ -9,11 +9,13 @@
  *     CONCURRENCY 1: one easy handle, a warm-up call on the first request, then CALLS
  *     sequential calls; more: the multi interface driven by epoll and
  *     curl_multi_socket_action (as rrpc's pool, src/pool.c: libcurl's way that does not
- *     walk every transfer at each event), CONCURRENCY in flight, no warm-up.
+ *     walk every transfer at each event), with rrpc's lanes (a multi handle per 100 calls
+ *     in flight), CONCURRENCY in flight, no warm-up.
  *     RECEIVE_BUFFER_BYTES: CURLOPT_BUFFERSIZE, as rrpc sets it.
  * Prints one JSON line: calls, ok (HTTP 200 answers), cpu_s, wall_s, rss_before_kb (after the
  * requests are read, before any easy handle exists), peak_rss_kb. */
 #define _POSIX_C_SOURCE 200809L
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,8 +174,18 @@ static int answered(CURL *easy, CURLcode code)
            status == 200;
 }
 
+/* Lanes, as rrpc's pool has them over HTTP/1.1: a multi handle for each LANE_CONNECTIONS
+ * calls in flight, so that libcurl's walk of a multi handle's connections stays short;
+ * all watched by one epoll instance. */
+#define LANE_CONNECTIONS 100
+
+struct lane {
+    CURLM *multi;
+    long long timer_at; /* when libcurl wants its timeout handled (ms), or -1 */
+    long index;
+};
+
 static int epoll_fd;
-static long long timer_at = -1; /* when libcurl wants its timeout handled (ms), or -1 */
 
 static long long now_ms(void)
 {
@@ -181,9 +193,11 @@ static long long now_ms(void)
 }
 
 /* libcurl says which events a socket needs; epoll watches for them. A socket libcurl has
- * not seen before is added, one it has is modified (curl_multi_assign marks it). */
+ * not seen before is added, one it has is modified (curl_multi_assign marks it). The
+ * event carries the lane and the socket. */
 static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
+    struct lane *lane = userp;
     struct epoll_event ev;
     if (what == CURL_POLL_REMOVE) {
         epoll_ctl(epoll_fd, EPOLL_CTL_DEL, fd, NULL);
@@ -191,10 +205,10 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     }
     memset(&ev, 0, sizeof ev);
     ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
-    ev.data.fd = fd;
+    ev.data.u64 = ((uint64_t)lane->index << 32) | (uint32_t)fd;
     if (socketp == NULL) {
         epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev);
-        curl_multi_assign(userp, fd, &epoll_fd);
+        curl_multi_assign(lane->multi, fd, &epoll_fd);
     } else {
         epoll_ctl(epoll_fd, EPOLL_CTL_MOD, fd, &ev);
     }
@@ -203,7 +217,8 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
 
 static int on_timer(CURLM *multi, long timeout_ms, void *userp)
 {
-    timer_at = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    struct lane *lane = userp;
+    lane->timer_at = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     return 0;
 }
 
@@ -243,51 +258,68 @@ int main(int argc, char **argv)
                 ok++;
         }
     } else {
-        CURLM *multi = curl_multi_init();
-        long done = 0;
+        long lane_count = (concurrency + LANE_CONNECTIONS - 1) / LANE_CONNECTIONS, done = 0, l;
+        struct lane *lanes = calloc((size_t)lane_count, sizeof *lanes);
         int running;
         epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-        curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, concurrency);
-        curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-        curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, multi);
-        curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
+        for (l = 0; l < lane_count; l++) {
+            lanes[l].multi = curl_multi_init();
+            lanes[l].timer_at = -1;
+            lanes[l].index = l;
+            curl_multi_setopt(lanes[l].multi, CURLMOPT_MAXCONNECTS, (long)LANE_CONNECTIONS);
+            curl_multi_setopt(lanes[l].multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+            curl_multi_setopt(lanes[l].multi, CURLMOPT_SOCKETDATA, &lanes[l]);
+            curl_multi_setopt(lanes[l].multi, CURLMOPT_TIMERFUNCTION, on_timer);
+            curl_multi_setopt(lanes[l].multi, CURLMOPT_TIMERDATA, &lanes[l]);
+        }
+        /* call slot i lives in lane i / LANE_CONNECTIONS, its easy handle reused there */
         for (i = 0; i < concurrency && started < calls; i++) {
             set_up(&pool[i]);
             aim(&pool[i], &requests[started++]);
-            curl_multi_add_handle(multi, pool[i].easy);
+            curl_multi_add_handle(lanes[i / LANE_CONNECTIONS].multi, pool[i].easy);
         }
         while (done < calls) {
             struct epoll_event events[256];
-            long long wait = timer_at < 0 ? 1000 : timer_at - now_ms();
+            long long soonest = -1, wait;
             int n, left, k;
             CURLMsg *msg;
+            for (l = 0; l < lane_count; l++)
+                if (lanes[l].timer_at >= 0 && (soonest < 0 || lanes[l].timer_at < soonest))
+                    soonest = lanes[l].timer_at;
+            wait = soonest < 0 ? 1000 : soonest - now_ms();
             n = epoll_wait(epoll_fd, events, 256, wait < 0 ? 0 : (int)wait);
             for (k = 0; k < n; k++) {
                 int flags = ((events[k].events & EPOLLIN) ? CURL_CSELECT_IN : 0) |
                             ((events[k].events & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
                             ((events[k].events & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
-                curl_multi_socket_action(multi, events[k].data.fd, flags, &running);
+                struct lane *lane = &lanes[events[k].data.u64 >> 32];
+                curl_multi_socket_action(lane->multi, (curl_socket_t)(uint32_t)events[k].data.u64, flags,
+                                         &running);
             }
-            if (timer_at >= 0 && now_ms() >= timer_at) {
-                timer_at = -1;
-                curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
-            }
-            while ((msg = curl_multi_info_read(multi, &left)) != NULL) {
-                struct call *c;
-                if (msg->msg != CURLMSG_DONE)
-                    continue;
-                curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c);
-                if (answered(c->easy, msg->data.result))
-                    ok++;
-                done++;
-                curl_multi_remove_handle(multi, c->easy);
-                if (started < calls) {
-                    aim(c, &requests[started++]);
-                    curl_multi_add_handle(multi, c->easy);
+            for (l = 0; l < lane_count; l++) {
+                if (lanes[l].timer_at >= 0 && now_ms() >= lanes[l].timer_at) {
+                    lanes[l].timer_at = -1;
+                    curl_multi_socket_action(lanes[l].multi, CURL_SOCKET_TIMEOUT, 0, &running);
+                }
+                while ((msg = curl_multi_info_read(lanes[l].multi, &left)) != NULL) {
+                    struct call *c;
+                    if (msg->msg != CURLMSG_DONE)
+                        continue;
+                    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c);
+                    if (answered(c->easy, msg->data.result))
+                        ok++;
+                    done++;
+                    curl_multi_remove_handle(lanes[l].multi, c->easy);
+                    if (started < calls) {
+                        aim(c, &requests[started++]);
+                        curl_multi_add_handle(lanes[l].multi, c->easy);
+                    }
                 }
             }
         }
-        curl_multi_cleanup(multi);
+        for (l = 0; l < lane_count; l++)
+            curl_multi_cleanup(lanes[l].multi);
+        free(lanes);
     }
     printf("{\"calls\":%ld,\"ok\":%ld,\"cpu_s\":%.6f,\"wall_s\":%.6f,\"rss_before_kb\":%ld,\"peak_rss_kb\":%ld}\n",
            calls, ok, cpu_seconds() - cpu, wall_seconds() - wall, rss_before, memory_kb("VmHWM"));
