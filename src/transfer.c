@@ -469,35 +469,26 @@ static int fails_connecting(CURLcode c)
     }
 }
 
-/* Header names up to this long are lower-cased on the C stack. */
-#define HEADER_NAME_BYTES 64
-
-static void push_headers(lua_State *L, const struct rrpc_buffer *head)
+/* The names are lower-cased where they lie: the buffer is this call's answer, read only
+ * here. */
+static void push_headers(lua_State *L, struct rrpc_buffer *head)
 {
-    const char *p = head->data, *end = head->data + head->len;
+    char *p = head->data, *end = head->data + head->len;
     lua_createtable(L, 0, 8);
     while (p < end) {
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        const char *line_end = eol ? eol : end, *colon, *v, *ve;
+        char *eol = memchr(p, '\n', (size_t)(end - p));
+        char *line_end = eol ? eol : end, *colon, *c;
+        const char *v, *ve;
         colon = memchr(p, ':', (size_t)(line_end - p));
         if (colon != NULL && colon > p) {
-            char low[HEADER_NAME_BYTES];
-            size_t n = (size_t)(colon - p), i;
             for (v = colon + 1; v < line_end && (*v == ' ' || *v == '\t'); v++)
                 ;
             for (ve = line_end; ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'); ve--)
                 ;
-            if (n <= sizeof low) {
-                for (i = 0; i < n; i++)
-                    low[i] = (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i]);
-                lua_pushlstring(L, low, n);
-            } else { /* a name longer than any the platform sends */
-                luaL_Buffer name;
-                luaL_buffinit(L, &name);
-                for (i = 0; i < n; i++)
-                    luaL_addchar(&name, (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i]));
-                luaL_pushresult(&name);
-            }
+            for (c = p; c < colon; c++)
+                if (*c >= 'A' && *c <= 'Z')
+                    *c = (char)(*c + 32);
+            lua_pushlstring(L, p, (size_t)(colon - p));
             lua_pushvalue(L, -1);
             lua_rawget(L, -3);
             if (lua_isstring(L, -1)) { /* repeated header: join as HTTP does */
