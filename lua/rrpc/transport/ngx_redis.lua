@@ -42,12 +42,15 @@ end
 -- assertion instead (openresty/lua-resty-core#499, fixed upstream after the versions
 -- Debian ships). So a session is asked for (and dropped) and that assertion is a failure.
 local function handshake(sock, server_name)
-  local done, session, err = pcall(sock.sslhandshake, sock, nil, server_name, true)
+  local done, session_or_raised, err = pcall(sock.sslhandshake, sock, nil, server_name, true)
   if not done then
+    if not tostring(session_or_raised):find("assertion failed", 1, true) then
+      error(session_or_raised, 0) -- not the one this stands in for
+    end
     return nil, "the certificate did not verify for " .. server_name .. " (the library lost OpenSSL's reason)"
   end
   if err then return nil, tostring(err) end
-  return true, session
+  return true
 end
 
 function Conn:run(commands)
