@@ -6,6 +6,7 @@
 --   lua5.4 bench/client.lua gateway GATEWAY_URL PK DN CALLS CONCURRENCY
 --   lua5.4 bench/client.lua requests ENDPOINT KEY SECRET PK DN COUNT TIMEOUT_MS TAG PATH
 --   lua5.4 bench/client.lua inflight ENDPOINT KEY SECRET PK DN CALLS CONCURRENCY TIMEOUT_MS TAG
+--   lua5.4 bench/client.lua tls ENDPOINT CA_FILE HTTP_VERSION PK DN CALLS CONCURRENCY
 local rrpc = require "rrpc"
 local core = require "rrpc.core"
 local cjson = require "cjson"
@@ -81,6 +82,44 @@ elseif mode == "inflight" then
     return { calls = calls, ok = ok, errors = codes }
   end)
   result.most_in_flight = most_in_flight
+elseif mode == "tls" then
+  -- HTTPS and HTTP/2 (bench/tls.lua): CALLS calls with http_version HTTP_VERSION (CA_FILE
+  -- "-": none), one at a time or CONCURRENCY in flight, after a warm-up call whose TLS
+  -- session the others may resume
+  local endpoint, ca_file, version, pk, dn, calls, concurrency = table.unpack(arg, 2)
+  calls, concurrency = tonumber(calls), tonumber(concurrency)
+  local c = rrpc.new { endpoint = endpoint, access_key_id = "testid", access_key_secret = "testsecret",
+                       ca_file = ca_file ~= "-" and ca_file or nil, http_version = version }
+  assert(c:rrpc { product_key = pk, device_name = dn, payload = "warm-up" })
+  local most_in_flight, attempts = 1, calls
+  result = measure(function()
+    local ok, codes = 0, {}
+    local function count(res, err)
+      if res then ok = ok + 1 else codes[err.code] = (codes[err.code] or 0) + 1 end
+    end
+    if concurrency == 1 then
+      for i = 1, calls do count(c:rrpc { product_key = pk, device_name = dn, payload = "seq " .. i }) end
+    else
+      local made = 0
+      local function requests()
+        if made < calls then
+          made = made + 1
+          return { product_key = pk, device_name = dn, payload = "flight " .. made }
+        end
+      end
+      local function should_stop(stats) -- only watches
+        attempts = stats.attempts
+        if stats.in_flight > most_in_flight then most_in_flight = stats.in_flight end
+      end
+      for _, res, err in rrpc.each(c, requests, { concurrency = concurrency, qps = rrpc.limits.BATCH_QPS.max,
+                                                  should_stop = should_stop }) do
+        count(res, err)
+      end
+    end
+    return { calls = calls, ok = ok, errors = codes }
+  end)
+  result.most_in_flight, result.attempts = most_in_flight, attempts
+  c:close()
 elseif mode == "sequential" then
   local endpoint, key, secret, pk, dn, calls, signature = table.unpack(arg, 2)
   calls = tonumber(calls)

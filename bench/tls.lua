@@ -5,9 +5,9 @@
 -- (streams, over h2). Counted at the client, in a process of its own: CPU per call
 -- (user+sys / calls) and memory.
 --
--- As a module, bench/run.lua calls dofile("bench/tls.lua").lines() --> the lines to print.
--- As a script it is the measured client, printing one JSON line:
---   lua5.4 bench/tls.lua client ENDPOINT CA_FILE HTTP_VERSION PK DN CALLS CONCURRENCY
+-- bench/run.lua calls dofile("bench/tls.lua").lines(lua_client) --> the lines to print;
+-- lua_client(...) runs `bench/client.lua tls ...` in a process of its own and returns its
+-- JSON line, decoded.
 local CALLS = tonumber(os.getenv("BENCH_TLS_CALLS") or 3000)
 -- The emulator closes each connection after this many requests (--keepalive-requests), so
 -- that CALLS calls open CALLS / 3 = 1000 connections; 100000 keeps them alive.
@@ -15,80 +15,8 @@ local CHURN_REQUESTS, KEPT_ALIVE_REQUESTS = 3, 100000
 local IN_FLIGHT = 100
 local PK, ECHO, BENCH_PK, HOLD = "a1RRpcDemo", "echo", "a1Bench", "d200"
 
-local function memory_kb(field) -- VmRSS: now; VmHWM: the peak so far
-  for line in io.lines("/proc/self/status") do
-    local kb = line:match("^" .. field .. ":%s+(%d+) kB")
-    if kb then return tonumber(kb) end
-  end
-end
-
-local function client_main(endpoint, ca_file, version, pk, dn, calls, concurrency)
-  local rrpc = require "rrpc"
-  local core = require "rrpc.core"
-  local cjson = require "cjson"
-  calls, concurrency = tonumber(calls), tonumber(concurrency)
-  local c = rrpc.new { endpoint = endpoint, access_key_id = "testid", access_key_secret = "testsecret",
-                       ca_file = ca_file ~= "-" and ca_file or nil, http_version = version }
-  assert(c:rrpc { product_key = pk, device_name = dn, payload = "warm-up" }) -- a first session to resume
-  collectgarbage()
-  local cpu, wall, rss = os.clock(), core.monotime(), memory_kb("VmRSS")
-  local ok, codes, stats = 0, {}, { attempts = calls, in_flight = 1 }
-  local most_in_flight = 1
-  if concurrency == 1 then
-    for i = 1, calls do
-      local res, err = c:rrpc { product_key = pk, device_name = dn, payload = "seq " .. i }
-      if res then ok = ok + 1 else codes[err.code] = (codes[err.code] or 0) + 1 end
-    end
-  else
-    local made = 0
-    local function requests()
-      if made < calls then
-        made = made + 1
-        return { product_key = pk, device_name = dn, payload = "flight " .. made }
-      end
-    end
-    local function should_stop(s) -- only watches
-      stats = s
-      if s.in_flight > most_in_flight then most_in_flight = s.in_flight end
-    end
-    for _, res, err in rrpc.each(c, requests, { concurrency = concurrency, qps = rrpc.limits.BATCH_QPS.max,
-                                                should_stop = should_stop }) do
-      if res then ok = ok + 1 else codes[err.code] = (codes[err.code] or 0) + 1 end
-    end
-  end
-  local result = { calls = calls, ok = ok, errors = codes, cpu_s = os.clock() - cpu, wall_s = core.monotime() - wall,
-                   rss_before_kb = rss, peak_rss_kb = memory_kb("VmHWM"), most_in_flight = most_in_flight,
-                   attempts = stats.attempts }
-  c:close()
-  print(cjson.encode(result))
-end
-
-if arg and arg[1] == "client" and (arg[0] or ""):match("tls%.lua$") then
-  client_main(table.unpack(arg, 2))
-  return
-end
-
-local cjson = require "cjson"
 local emulator = require "emulator"
 local tls = require "tls"
-
-local LUA_CLIENT = "env LUA_PATH='./lua/?.lua;./spec/support/?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' "
-  .. "lua5.4 bench/tls.lua client"
-local ERRORS = "/tmp/rrpc-bench-tls.err"
-
-local function run_client(...)
-  local argv = {}
-  for i, a in ipairs { ... } do argv[i] = ("'%s'"):format(a) end
-  local command = LUA_CLIENT .. " " .. table.concat(argv, " ")
-  local pipe = assert(io.popen("ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); " .. command .. " 2>" .. ERRORS))
-  local out = pipe:read("a")
-  local last = out:match("([^\n]+)\n?$")
-  if not pipe:close() or not last then
-    local f = io.open(ERRORS)
-    error(("TLS benchmark step failed: %s\n%s%s"):format(command, out, f and f:read("a") or ""))
-  end
-  return cjson.decode(last)
-end
 
 -- The server's view of the client's RRpc calls (the warm-up call included): connections,
 -- full handshakes, resumed ones, requests, the protocols seen.
@@ -115,13 +43,14 @@ local function server_counts(e)
 end
 
 -- One client against a fresh emulator that closes connections after keepalive_requests.
-local function row(certs, keepalive_requests, scheme, version, concurrency)
+local function row(lua_client, certs, keepalive_requests, scheme, version, concurrency)
   local e = emulator.start { tls = { cert = certs.cert, key = certs.key }, keepalive_requests = keepalive_requests }
   local ok, r = pcall(function()
     local endpoint = scheme == "https" and e.https_url or e.url
     local pk, dn = PK, ECHO
     if concurrency > 1 then pk, dn = BENCH_PK, HOLD end -- held 200 ms: all of them in flight
-    local r = run_client(endpoint, scheme == "https" and certs.ca_file or "-", version, pk, dn, CALLS, concurrency)
+    local r = lua_client("tls", endpoint, scheme == "https" and certs.ca_file or "-", version, pk, dn, CALLS,
+                         concurrency)
     r.server = server_counts(e)
     return r
   end)
@@ -151,20 +80,20 @@ end
 
 local M = {}
 
-function M.lines()
+function M.lines(lua_client)
   local certs = tls.generate()
   local ok, rows = pcall(function()
     local churn, kept = {}, {}
     for _, spec in ipairs {
       { "https", "1.1", 1 }, { "https", "2", 1 }, { "https", "1.1", IN_FLIGHT },
     } do
-      churn[#churn + 1] = row(certs, CHURN_REQUESTS, spec[1], spec[2], spec[3])
+      churn[#churn + 1] = row(lua_client, certs, CHURN_REQUESTS, spec[1], spec[2], spec[3])
     end
     for _, spec in ipairs {
       { "http", "1.1", 1 }, { "https", "1.1", 1 }, { "https", "2", 1 },
       { "http", "1.1", IN_FLIGHT }, { "https", "1.1", IN_FLIGHT }, { "https", "2", IN_FLIGHT },
     } do
-      kept[#kept + 1] = row(certs, KEPT_ALIVE_REQUESTS, spec[1], spec[2], spec[3])
+      kept[#kept + 1] = row(lua_client, certs, KEPT_ALIVE_REQUESTS, spec[1], spec[2], spec[3])
     end
     return { churn = churn, kept = kept }
   end)
