@@ -19,19 +19,19 @@ Server.__index = Server
 local h2_server = {}
 
 function h2_server.start(options)
-  local log
+  local try_dir -- the try's directory (process.start_server's)
   return process.start_server {
     name = "h2-server",
     command = function(port, dir)
-      log = dir .. "/arrivals.log"
+      try_dir = dir
       return ("exec %s %s %d %s %s %s"):format(PYTHON, quote(SCRIPT), port, quote(options.cert),
-        quote(options.key), quote(log))
+        quote(options.key), quote(dir .. "/arrivals.log"))
     end,
     healthy = function()
-      return process.read_file(log:gsub("arrivals%.log$", "stdout.log")):find("ready", 1, true) ~= nil
+      return process.read_file(try_dir .. "/stdout.log"):find("ready", 1, true) ~= nil
     end,
     ready = function(port, pid, dir)
-      return setmetatable({ port = port, pid = pid, dir = dir, log = log,
+      return setmetatable({ port = port, pid = pid, dir = dir, log = dir .. "/arrivals.log",
                             url = ("https://127.0.0.1:%d"):format(port) }, Server)
     end,
   }
