@@ -74,14 +74,14 @@ local function start(c, requests, opts, fname, level)
   }, Run)
 end
 
--- entry: the request's (nil for one never read as a call); its timings feed on_call.
-function Run:record(index, res, err, attempts, entry)
+-- call: the request's (nil for one never read as a call); its timings feed on_call.
+function Run:record(index, res, err, attempts, call)
   local outcome = res or err
   outcome.attempts = attempts
   if self.p.on_call then
     local now = core.monotime()
-    client.call_over(self.p, entry and entry.call, res, err, attempts,
-      entry and now - entry.read_at or 0, entry and entry.quota_wait or 0)
+    client.call_over(self.p, call, res, err, attempts, call and now - call.read_at or 0,
+      call and call.quota_wait or 0)
   end
   local s = self.stats
   s.done = s.done + 1
@@ -96,11 +96,15 @@ function Run:record(index, res, err, attempts, entry)
     code = err.rrpc_code or err.code
   end
   s.by_code[code] = (s.by_code[code] or 0) + 1
+  -- three slots an outcome, rather than a table each
+  local at = 3 * self.last_outcome
   self.last_outcome = self.last_outcome + 1
-  self.outcomes[self.last_outcome] = { index, res, err }
+  local outcomes = self.outcomes
+  outcomes[at + 1], outcomes[at + 2], outcomes[at + 3] = index, res or false, err or false
 end
 
--- Reads the next request; a malformed one becomes an "invalid" outcome right away.
+-- Reads the next request as a call, which is also what the run keeps of it (its index,
+-- attempts and timings); a malformed one becomes an "invalid" outcome right away.
 function Run:read_next()
   while true do
     local request = self.next_request()
@@ -118,27 +122,28 @@ function Run:read_next()
     end
     local call, problem = client.rrpc_call(self.client, request, self.policy)
     if call then
-      return { index = self.read, call = call, attempts = 0, read_at = core.monotime(), quota_wait = 0 }
+      call.index, call.attempts, call.read_at = self.read, 0, core.monotime()
+      return call
     end
     -- what the malformed request names of itself, for on_call
     local named = type(request) == "table" and request or {}
-    local pseudo = { action = "RRpc", params = {
+    local pseudo = { action = "RRpc", read_at = core.monotime(), params = {
       ProductKey = type(named.product_key) == "string" and named.product_key or nil,
       DeviceName = type(named.device_name) == "string" and named.device_name or nil } }
     self:record(self.read, nil, errors.new { kind = "invalid", code = "InvalidArgument",
       message = ("request #%d: %s"):format(self.read, problem.message), option = problem.option,
-      delivered = "no" }, 0, { call = pseudo, read_at = core.monotime(), quota_wait = 0 })
+      delivered = "no" }, 0, pseudo)
   end
 end
 
-function Run:send(entry, now)
-  if entry.held_at then -- it waited for the rate limit
-    entry.quota_wait = entry.quota_wait + (now - entry.held_at)
-    entry.held_at = nil
+function Run:send(call, now)
+  if call.held_at then -- it waited for the rate limit
+    call.quota_wait = (call.quota_wait or 0) + (now - call.held_at)
+    call.held_at = nil
   end
-  if entry.attempts == 0 then client.call_started(self.p, entry.call) end
-  entry.attempts = entry.attempts + 1
-  local call, pool = entry.call, self.pool
+  if call.attempts == 0 then client.call_started(self.p, call) end
+  call.attempts = call.attempts + 1
+  local pool = self.pool
   local signer, url, headers, body, err
   if pool.add_signed then
     signer, err = client.signer(self.client, self.p)
@@ -147,7 +152,7 @@ function Run:send(entry, now)
     err = headers
   end
   if not (signer or url) then -- no credentials now: settled like any failure, retried if the policy says so
-    self:settle(entry, nil, err, core.monotime())
+    self:settle(call, nil, err, core.monotime())
     return
   end
   self.next_token = self.next_token + 1
@@ -156,7 +161,7 @@ function Run:send(entry, now)
   else
     pool:add(self.next_token, url, headers, body, call.http_timeout)
   end
-  self.in_flight[self.next_token] = entry
+  self.in_flight[self.next_token] = call
   self.in_flight_count = self.in_flight_count + 1
 end
 
@@ -164,56 +169,56 @@ end
 -- allows the next one, or nil.
 function Run:fill(now)
   while self.in_flight_count < self.concurrency do
-    local entry = self.held
+    local call = self.held
     self.held = nil
-    if not entry and self.waiting[1] and self.waiting[1].due <= now then
-      entry = table.remove(self.waiting, 1)
+    if not call and self.waiting[1] and self.waiting[1].due <= now then
+      call = table.remove(self.waiting, 1)
     end
-    if not entry and not self.exhausted then
-      entry = self:read_next()
+    if not call and not self.exhausted then
+      call = self:read_next()
     end
-    if not entry then return nil end
+    if not call then return nil end
     local wait = self.limiter:take(now)
     if wait > 0 then
-      self.held = entry
-      entry.held_at = entry.held_at or now
+      self.held = call
+      call.held_at = call.held_at or now
       return wait
     end
-    self:send(entry, now)
+    self:send(call, now)
   end
 end
 
-local function insert_by_due(list, entry)
+local function insert_by_due(list, call)
   local i = #list
-  while i > 0 and list[i].due > entry.due do i = i - 1 end
-  table.insert(list, i + 1, entry)
+  while i > 0 and list[i].due > call.due do i = i - 1 end
+  table.insert(list, i + 1, call)
 end
 
 function Run:complete(c, now)
-  local entry = self.in_flight[c.token]
+  local call = self.in_flight[c.token]
   self.in_flight[c.token] = nil
   self.in_flight_count = self.in_flight_count - 1
   local res, err
   if c.status then
-    res, err = client.interpret(self.p, entry.call, c.status, c.headers, c.body)
+    res, err = client.interpret(self.p, call, c.status, c.headers, c.body)
   else
     err = c.err
   end
-  self:settle(entry, res, err, now)
+  self:settle(call, res, err, now)
 end
 
--- An attempt's outcome: final, or the entry waits for its retry.
-function Run:settle(entry, res, err, now)
-  if err and entry.call.retry and not self.stopping then
-    local delay = entry.call.retry:delay(err, entry.attempts)
+-- An attempt's outcome: final, or the call waits for its retry.
+function Run:settle(call, res, err, now)
+  if err and call.retry and not self.stopping then
+    local delay = call.retry:delay(err, call.attempts)
     if delay and not (self.deadline and now + delay / 1000 >= self.deadline) then
-      entry.due, entry.err = now + delay / 1000, err
-      insert_by_due(self.waiting, entry)
+      call.due, call.err = now + delay / 1000, err
+      insert_by_due(self.waiting, call)
       self.stats.retried = self.stats.retried + 1
       return
     end
   end
-  self:record(entry.index, res, err, entry.attempts, entry)
+  self:record(call.index, res, err, call.attempts, call)
 end
 
 local function deadline_error(delivered)
@@ -225,9 +230,9 @@ end
 
 -- Drops the calls in flight (they may have been delivered): each ends with dropped().
 function Run:drop_in_flight(dropped)
-  for token, entry in pairs(self.in_flight) do
+  for token, call in pairs(self.in_flight) do
     self.pool:cancel(token)
-    self:record(entry.index, nil, dropped(), entry.attempts, entry)
+    self:record(call.index, nil, dropped(), call.attempts, call)
   end
   self.in_flight, self.in_flight_count = {}, 0
 end
@@ -241,8 +246,8 @@ function Run:settle_unsent(unsent)
     self.held = nil
     self:record(held.index, nil, held.err or unsent(), held.attempts, held)
   end
-  for _, entry in ipairs(self.waiting) do
-    self:record(entry.index, nil, entry.err, entry.attempts, entry)
+  for _, call in ipairs(self.waiting) do
+    self:record(call.index, nil, call.err, call.attempts, call)
   end
   self.waiting = {}
   if not self.exhausted and self.total then
@@ -343,11 +348,11 @@ function Run:next_outcome()
       end
     end
   end
-  local i = self.first_outcome
-  local outcome = self.outcomes[i]
-  self.outcomes[i] = nil
-  self.first_outcome = i + 1
-  return outcome[1], outcome[2], outcome[3]
+  local at, outcomes = 3 * (self.first_outcome - 1), self.outcomes
+  local index, res, err = outcomes[at + 1], outcomes[at + 2], outcomes[at + 3]
+  outcomes[at + 1], outcomes[at + 2], outcomes[at + 3] = nil, nil, nil
+  self.first_outcome = self.first_outcome + 1
+  return index, res or nil, err or nil
 end
 
 -- Leaving a stream early (break) drops the calls still in flight.

@@ -267,6 +267,10 @@ function client.open_state(self, fname, level)
   return p
 end
 
+-- What every RRpc call has alike, kept out of each call's own table: a batch holds
+-- thousands of calls at once.
+local RRpcCall = { __index = { action = "RRpc", outcome = response.rrpc } }
+
 --- client.rrpc_call(self, request, default_retry) --> call | nil, problem
 -- Checks a request (the argument of client:rrpc, or a batch's request) without raising,
 -- and returns what every attempt needs; problem: { option =, message = }.
@@ -274,8 +278,7 @@ function client.rrpc_call(self, request, default_retry)
   local problem = args.problem(request, client.RRPC_OPTIONS)
   if problem then return nil, problem end
   local timeout = request.timeout or limits.RRPC_TIMEOUT.default
-  return {
-    action = "RRpc",
+  return setmetatable({
     params = {
       ProductKey = request.product_key,
       DeviceName = request.device_name,
@@ -287,8 +290,7 @@ function client.rrpc_call(self, request, default_retry)
     -- outlasts the device's Timeout, so a silent device arrives as TIMEOUT
     http_timeout = self.connect_timeout + timeout + self.timeout_margin,
     retry = retry.option(request.retry, default_retry),
-    outcome = response.rrpc,
-  }
+  }, RRpcCall)
 end
 
 --- client.prepare_rrpc(self, fname, request, default_retry, level) --> call, or raises

@@ -65,8 +65,9 @@ function response.rrpc(doc)
       return nil, errors.invalid_response(200, "reply payload is not Base64 (" .. why .. ")",
         doc.RequestId, doc.MessageId)
     end
+    -- attempts: counted by whoever made them, a slot of its own from the start
     return { payload = payload, message_id = doc.MessageId, request_id = doc.RequestId,
-             rrpc_code = code }
+             rrpc_code = code, attempts = 1 }
   end
   if code then
     return nil, errors.device(code, code, { status = 200, request_id = doc.RequestId,
