@@ -120,9 +120,10 @@ function Run:read_next()
       for k, v in pairs(request) do merged[k] = v end
       request = merged
     end
-    local call, problem = client.rrpc_call(self.client, request, self.policy)
+    local call, problem = client.rrpc_call(self.client, request)
     if call then
-      call.index, call.attempts, call.read_at = self.read, 0, core.monotime()
+      call.index, call.attempts = self.read, 0
+      if self.p.on_call then call.read_at = core.monotime() end -- for the hook's durations
       return call
     end
     -- what the malformed request names of itself, for on_call
@@ -209,8 +210,10 @@ end
 
 -- An attempt's outcome: final, or the call waits for its retry.
 function Run:settle(call, res, err, now)
-  if err and call.retry and not self.stopping then
-    local delay = call.retry:delay(err, call.attempts)
+  local policy = call.retry
+  if policy == nil then policy = self.policy end
+  if err and policy and not self.stopping then
+    local delay = policy:delay(err, call.attempts)
     if delay and not (self.deadline and now + delay / 1000 >= self.deadline) then
       call.due, call.err = now + delay / 1000, err
       insert_by_due(self.waiting, call)

@@ -271,31 +271,33 @@ end
 -- thousands of calls at once.
 local RRpcCall = { __index = { action = "RRpc", outcome = response.rrpc } }
 
---- client.rrpc_call(self, request, default_retry) --> call | nil, problem
+--- client.rrpc_call(self, request) --> call | nil, problem
 -- Checks a request (the argument of client:rrpc, or a batch's request) without raising,
 -- and returns what every attempt needs; problem: { option =, message = }.
-function client.rrpc_call(self, request, default_retry)
+function client.rrpc_call(self, request)
   local problem = args.problem(request, client.RRPC_OPTIONS)
   if problem then return nil, problem end
   local timeout = request.timeout or limits.RRPC_TIMEOUT.default
-  return setmetatable({
-    params = {
-      ProductKey = request.product_key,
-      DeviceName = request.device_name,
-      RequestBase64Byte = core.b64encode(request.payload),
-      Timeout = timeout,
-      Topic = request.topic,
-      IotInstanceId = request.iot_instance_id or self.iot_instance_id,
-    },
+  -- the optional parameters added only when there: a table sized for them all would be
+  -- twice the size (a batch holds thousands)
+  local params = { ProductKey = request.product_key, DeviceName = request.device_name,
+                   RequestBase64Byte = core.b64encode(request.payload), Timeout = timeout }
+  if request.topic then params.Topic = request.topic end
+  local instance = request.iot_instance_id or self.iot_instance_id
+  if instance then params.IotInstanceId = instance end
+  local call = setmetatable({
+    params = params,
     -- outlasts the device's Timeout, so a silent device arrives as TIMEOUT
     http_timeout = self.connect_timeout + timeout + self.timeout_margin,
-    retry = retry.option(request.retry, default_retry),
   }, RRpcCall)
+  -- the request's own policy; without one, a batch's applies (a single call has none)
+  if request.retry ~= nil then call.retry = retry.option(request.retry) end
+  return call
 end
 
---- client.prepare_rrpc(self, fname, request, default_retry, level) --> call, or raises
-function client.prepare_rrpc(self, fname, request, default_retry, level)
-  local call, problem = client.rrpc_call(self, request, default_retry)
+--- client.prepare_rrpc(self, fname, request, level) --> call, or raises
+function client.prepare_rrpc(self, fname, request, level)
+  local call, problem = client.rrpc_call(self, request)
   if not call then args.raise(fname, 1, problem.message, level + 1) end
   return call
 end
@@ -460,7 +462,7 @@ end
 --               retry=nil } --> { payload, message_id, request_id, rrpc_code, attempts } | nil, err
 function Client:rrpc(request)
   local p = client.open_state(self, "rrpc", 2)
-  return perform(self, p, client.prepare_rrpc(self, "rrpc", request, nil, 2))
+  return perform(self, p, client.prepare_rrpc(self, "rrpc", request, 2))
 end
 
 local DAYS_IN_MONTH = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
@@ -502,7 +504,7 @@ end
 -- in every one of them; the secret is in none.
 function Client:sign_rrpc(request, opts)
   local p = client.open_state(self, "sign_rrpc", 2)
-  local call = client.prepare_rrpc(self, "sign_rrpc", request, nil, 2)
+  local call = client.prepare_rrpc(self, "sign_rrpc", request, 2)
   opts = opts or {}
   args.check("sign_rrpc", 2, opts, SIGN_OPTIONS, 2)
   local url, headers, body, steps = client.sign(self, p, call, opts)
