@@ -2,8 +2,9 @@
  * file rrpc wrote: for each request its URL, its header lines, an empty line, its body
  * on one line; each with a nonce of its own, so that the emulator answers each as it
  * answers rrpc) with rrpc's libcurl settings, and does nothing with the answers but keep
- * them. What rrpc costs above this is rrpc's own: the floor signs nothing and builds its
- * header lists before it starts the clock.
+ * them. What rrpc costs above this is rrpc's own: the floor signs nothing; it reads the
+ * requests before it starts the clock, and copies each into its call slot's buffer as it
+ * sends it (a sender holds the request of each call it has in flight).
  *
  *   floor REQUESTS_FILE CALLS CONCURRENCY RECEIVE_BUFFER_BYTES
  *     CONCURRENCY 1: one easy handle, a warm-up call on the first request, then CALLS
@@ -35,18 +36,24 @@ struct request {
     struct curl_slist *headers;
 };
 
+#define MAX_HEADER_LINES 16
+
+/* A call slot: its easy handle, and the bytes of the request it has in flight (URL, body,
+ * header lines, and the list of the lines pointing into them) in a buffer of its own,
+ * kept for the slot's next calls, as rrpc's transfers keep theirs: a sender holds a
+ * call's request while it is in flight, so its memory is the call's. */
 struct call {
     CURL *easy;
-    struct buffer body, head;
+    struct buffer request, body, head;
+    struct curl_slist lines[MAX_HEADER_LINES];
 };
 
 static struct request *requests;
 static long request_count, receive_buffer;
 
-static size_t keep(char *p, size_t size, size_t nmemb, void *ud)
+/* Appends n bytes to b (an answer's); 0 when out of memory. */
+static int append(struct buffer *b, const char *p, size_t n)
 {
-    struct buffer *b = ud;
-    size_t n = size * nmemb;
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 1024;
         while (cap < b->len + n)
@@ -58,7 +65,13 @@ static size_t keep(char *p, size_t size, size_t nmemb, void *ud)
     }
     memcpy(b->data + b->len, p, n);
     b->len += n;
-    return n;
+    return 1;
+}
+
+static size_t keep(char *p, size_t size, size_t nmemb, void *ud)
+{
+    size_t n = size * nmemb;
+    return append(ud, p, n) ? n : 0;
 }
 
 static long memory_kb(const char *field)
@@ -157,14 +170,44 @@ static void set_up(struct call *c)
     curl_easy_setopt(e, CURLOPT_PRIVATE, c);
 }
 
-/* the next request's bytes on the handle, as rrpc sets them per call */
+static char *put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p + n + 1;
+}
+
+/* the next request's bytes copied into the slot's buffer (grown to the size it needs, as
+ * rrpc's is), and set on the handle as rrpc sets them per call */
 static void aim(struct call *c, const struct request *r)
 {
+    size_t url_len = strlen(r->url), need = url_len + 1 + r->body_len + 1;
+    const struct curl_slist *h;
+    char *p, *body;
+    int n = 0;
+    for (h = r->headers; h != NULL; h = h->next, n++)
+        need += strlen(h->data) + 1;
+    if (n > MAX_HEADER_LINES)
+        fail("too many header lines", "request");
+    if (need > c->request.cap) {
+        c->request.data = realloc(c->request.data, need);
+        if (c->request.data == NULL)
+            fail("out of memory", "request");
+        c->request.cap = need;
+    }
     c->body.len = c->head.len = 0;
-    curl_easy_setopt(c->easy, CURLOPT_URL, r->url);
-    curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, r->headers);
+    p = put(c->request.data, r->url, url_len);
+    body = p;
+    p = put(p, r->body, r->body_len);
+    for (h = r->headers, n = 0; h != NULL; h = h->next, n++) {
+        c->lines[n].data = p;
+        c->lines[n].next = h->next != NULL ? &c->lines[n + 1] : NULL;
+        p = put(p, h->data, strlen(h->data));
+    }
+    curl_easy_setopt(c->easy, CURLOPT_URL, c->request.data);
+    curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, n > 0 ? c->lines : NULL);
     curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
-    curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, r->body);
+    curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, body);
 }
 
 static int answered(CURL *easy, CURLcode code)
