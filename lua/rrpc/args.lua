@@ -52,7 +52,11 @@ local function value_problem(name, value, spec)
   if spec.check then return spec.check(value) end
 end
 
--- Each specs table's options as { name, spec } pairs sorted by name, made once.
+local LUA_TYPES = { string = true, number = true, boolean = true, table = true, ["function"] = true }
+
+-- Each specs table's options as { name, spec, plain } sorted by name, made once. plain: the
+-- Lua type a value needs and nothing else (no range, choices or check), so that the common
+-- case is told apart without a call.
 local sorted_specs = setmetatable({}, { __mode = "k" })
 
 local function sorted(specs)
@@ -62,7 +66,11 @@ local function sorted(specs)
     for name in pairs(specs) do names[#names + 1] = name end
     table.sort(names)
     list = {}
-    for i, name in ipairs(names) do list[i] = { name, specs[name] } end
+    for i, name in ipairs(names) do
+      local spec = specs[name]
+      local plain = LUA_TYPES[spec.type] and not (spec.range or spec.choices or spec.check) and spec.type
+      list[i] = { name, spec, plain or nil }
+    end
     sorted_specs[specs] = list
   end
   return list
@@ -87,7 +95,7 @@ function args.problem(opts, specs)
     local value = opts[name]
     if value == nil or (value == "" and spec.required and not spec.empty) then -- missing
       if spec.required and not missing then missing = name end
-    else
+    elseif type(value) ~= entry[3] then
       local message = value_problem(name, value, spec)
       if message then return { option = name, message = message } end
     end

@@ -307,26 +307,33 @@ end
 -- there), with the provider's current credentials.
 local function has_control(v) return type(v) == "string" and v:find("%c") ~= nil end
 
--- The provider's current credentials --> c | nil, err
+local function unavailable(why)
+  return nil, errors.new { kind = "credentials", code = "CredentialsUnavailable", message = why,
+                           delivered = "no", retryable = true }
+end
+
+-- The provider's current credentials --> c | nil, err. What follows from their values (the
+-- check for control characters, the secrets errors are scrubbed of, the signer) is made
+-- again only when they change: a provider may return a new table, or change the one it
+-- returned before.
 local function current_credentials(p)
   local c, why = p.credentials:get(p.fetch)
-  if c and (has_control(c.access_key_id) or has_control(c.security_token)) then
+  if not c then return unavailable(why) end
+  local made = p.made -- the credentials all that was made of, and their values then
+  if made and made.of == c and made.id == c.access_key_id and made.secret == c.access_key_secret
+     and made.token == c.security_token then
+    return c
+  end
+  if has_control(c.access_key_id) or has_control(c.security_token) then
     -- both travel in headers (V3): a CR or LF would start a header of its own
-    c, why = nil, "the AccessKey ID or security token contains control characters"
+    return unavailable("the AccessKey ID or security token contains control characters")
   end
-  if not c then
-    return nil, errors.new { kind = "credentials", code = "CredentialsUnavailable", message = why,
-                             delivered = "no", retryable = true }
-  end
-  if p.signed_with ~= c then
-    -- What errors are scrubbed of: the secret and token of these credentials and of the
-    -- ones before them (a batch reads answers to requests signed before a refresh).
-    local before = p.signed_with or {}
-    p.secrets = errors.prepared_secrets { c.access_key_secret, c.security_token, before.access_key_secret,
-                                          before.security_token }
-    p.signed_with = c
-  end
-  p.access_key_id = c.access_key_id
+  -- What errors are scrubbed of: the secret and token of these credentials and of the
+  -- ones before them (a batch reads answers to requests signed before a refresh).
+  local before = made or {}
+  p.secrets = errors.prepared_secrets { c.access_key_secret, c.security_token, before.secret, before.token }
+  p.made = { of = c, id = c.access_key_id, secret = c.access_key_secret, token = c.security_token }
+  p.signer = nil -- made of these when next asked for
   return c
 end
 
@@ -342,16 +349,13 @@ function client.sign(self, p, call, given)
 end
 
 --- client.signer(self, p) --> signer | nil, err
--- rrpc.core.signer for the provider's current credentials (one per credentials and their
--- values, should a provider change a table it returned before): what a
--- transport with send_signed signs with, as client.sign would, a fresh nonce and time each.
+-- rrpc.core.signer for the provider's current credentials (made again when they change):
+-- what a transport with send_signed signs with, as client.sign would, a fresh nonce and
+-- time each.
 function client.signer(self, p)
   local c, err = current_credentials(p)
   if not c then return nil, err end
-  local made = p.signer_made -- the credentials a signer was made of, and their values then
-  if not (made and made.of == c and made.id == c.access_key_id and made.secret == c.access_key_secret
-          and made.token == c.security_token) then
-    p.signer_made = { of = c, id = c.access_key_id, secret = c.access_key_secret, token = c.security_token }
+  if not p.signer then
     p.signer = core.signer {
       endpoint = self.endpoint, host = self.host, version = limits.API_VERSION,
       access_key_id = c.access_key_id, access_key_secret = c.access_key_secret,
@@ -509,7 +513,7 @@ function Client:sign_rrpc(request, opts)
   args.check("sign_rrpc", 2, opts, SIGN_OPTIONS, 2)
   local url, headers, body, steps = client.sign(self, p, call, opts)
   if not url then return nil, headers end
-  local token = p.signed_with.security_token
+  local token = p.made.token
   local parts = { signature_version = self.signature, method = "POST", url = errors.mask(url, token),
                   body = errors.mask(body, token), headers = {} }
   for name, value in pairs(headers) do parts.headers[name] = errors.mask(value, token) end
