@@ -68,7 +68,7 @@ local function start(c, requests, opts, fname, level)
     deadline = opts.deadline_ms and now + opts.deadline_ms / 1000,
     on_progress = opts.on_progress, last_progress = now, started = now,
     should_stop = opts.should_stop, stopping = nil,
-    in_flight = {}, in_flight_count = 0, waiting = {}, held = nil, next_token = 0,
+    in_flight = {}, in_flight_count = 0, waiting = {}, held = nil, free_tokens = {}, tokens = 0,
     outcomes = {}, first_outcome = 1, last_outcome = 0,
     stats = { done = 0, ok = 0, failed = 0, attempts = 0, retried = 0, in_flight = 0, by_kind = {}, by_code = {} },
   }, Run)
@@ -156,13 +156,22 @@ function Run:send(call, now)
     self:settle(call, nil, err, core.monotime())
     return
   end
-  self.next_token = self.next_token + 1
-  if signer then
-    pool:add_signed(self.next_token, signer, call.action, call.params, call.http_timeout)
+  -- A token names a call in flight to the pool; a finished call's is given to the next,
+  -- so in_flight stays an array of at most `concurrency` slots, never rehashed.
+  local free = self.free_tokens
+  local token = free[#free]
+  if token then
+    free[#free] = nil
   else
-    pool:add(self.next_token, url, headers, body, call.http_timeout)
+    self.tokens = self.tokens + 1
+    token = self.tokens
   end
-  self.in_flight[self.next_token] = call
+  if signer then
+    pool:add_signed(token, signer, call.action, call.params, call.http_timeout)
+  else
+    pool:add(token, url, headers, body, call.http_timeout)
+  end
+  self.in_flight[token] = call
   self.in_flight_count = self.in_flight_count + 1
 end
 
@@ -198,6 +207,7 @@ end
 function Run:complete(c, now)
   local call = self.in_flight[c.token]
   self.in_flight[c.token] = nil
+  self.free_tokens[#self.free_tokens + 1] = c.token
   self.in_flight_count = self.in_flight_count - 1
   local res, err
   if c.status then
@@ -231,13 +241,18 @@ local function deadline_error(delivered)
               or "still in flight at the batch's deadline" }
 end
 
+-- The pool holds none of the run's calls any more: every token is free.
+function Run:forget_in_flight()
+  self.in_flight, self.in_flight_count, self.free_tokens, self.tokens = {}, 0, {}, 0
+end
+
 -- Drops the calls in flight (they may have been delivered): each ends with dropped().
 function Run:drop_in_flight(dropped)
   for token, call in pairs(self.in_flight) do
     self.pool:cancel(token)
     self:record(call.index, nil, dropped(), call.attempts, call)
   end
-  self.in_flight, self.in_flight_count = {}, 0
+  self:forget_in_flight()
 end
 
 -- Settles what was not sent: the call held for the rate limit ends with its last error
@@ -354,14 +369,18 @@ function Run:next_outcome()
   local at, outcomes = 3 * (self.first_outcome - 1), self.outcomes
   local index, res, err = outcomes[at + 1], outcomes[at + 2], outcomes[at + 3]
   outcomes[at + 1], outcomes[at + 2], outcomes[at + 3] = nil, nil, nil
-  self.first_outcome = self.first_outcome + 1
+  if self.first_outcome == self.last_outcome then -- all handed out: the array starts over
+    self.first_outcome, self.last_outcome = 1, 0
+  else
+    self.first_outcome = self.first_outcome + 1
+  end
   return index, res or nil, err or nil
 end
 
 -- Leaving a stream early (break) drops the calls still in flight.
 function Run:abort()
   for token in pairs(self.in_flight) do self.pool:cancel(token) end
-  self.in_flight, self.in_flight_count = {}, 0
+  self:forget_in_flight()
 end
 
 function Run:summary()
