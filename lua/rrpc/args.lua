@@ -54,26 +54,46 @@ end
 
 local LUA_TYPES = { string = true, number = true, boolean = true, table = true, ["function"] = true }
 
--- Each specs table's options as { name, spec, plain } sorted by name, made once. plain: the
--- Lua type a value needs and nothing else (no range, choices or check), so that the common
--- case is told apart without a call.
-local sorted_specs = setmetatable({}, { __mode = "k" })
+-- Each specs table, read once: its options as { name, spec, plain } sorted by name (list)
+-- and by name (named), and how many are required. plain: the Lua type a value needs and
+-- nothing else (no range, choices or check), so that the common case is told apart
+-- without a call.
+local prepared_specs = setmetatable({}, { __mode = "k" })
 
-local function sorted(specs)
-  local list = sorted_specs[specs]
-  if not list then
+local function prepared(specs)
+  local p = prepared_specs[specs]
+  if not p then
     local names = {}
     for name in pairs(specs) do names[#names + 1] = name end
     table.sort(names)
-    list = {}
+    p = { list = {}, named = {}, required = 0 }
     for i, name in ipairs(names) do
       local spec = specs[name]
       local plain = LUA_TYPES[spec.type] and not (spec.range or spec.choices or spec.check) and spec.type
-      list[i] = { name, spec, plain or nil }
+      p.list[i] = { name, spec, plain or nil }
+      p.named[name] = p.list[i]
+      if spec.required then p.required = p.required + 1 end
     end
-    sorted_specs[specs] = list
+    prepared_specs[specs] = p
   end
-  return list
+  return p
+end
+
+-- Whether opts has nothing wrong, told in one pass over the options it has: the common
+-- case, before the ordered search for the problem to report.
+local function all_well(opts, p)
+  local named, required = p.named, 0
+  for name, value in pairs(opts) do
+    local entry = named[name]
+    if not entry then return false end
+    local spec = entry[2]
+    if spec.required then
+      if value == "" and not spec.empty then return false end
+      required = required + 1
+    end
+    if type(value) ~= entry[3] and value_problem(name, value, spec) then return false end
+  end
+  return required == p.required
 end
 
 --- args.problem(opts, specs) --> nil | { option =, message = }
@@ -83,12 +103,14 @@ function args.problem(opts, specs)
   if type(opts) ~= "table" then
     return { message = "table expected, got " .. type(opts) }
   end
+  local p = prepared(specs)
+  if all_well(opts, p) then return nil end
   for name in pairs(opts) do
     if not specs[name] then
       return { option = name, message = ("unknown option '%s'"):format(tostring(name)) }
     end
   end
-  local list, missing = sorted(specs), nil
+  local list, missing = p.list, nil
   for i = 1, #list do
     local entry = list[i]
     local name, spec = entry[1], entry[2]
