@@ -423,7 +423,8 @@ local function in_flight()
     .. " In flight: %d calls per connection (%d rounds of N) to a device answering after the latency shown; testid has"
     .. " no quota, RRpc Timeout %d ms.", SEQUENTIAL_CALLS, IN_FLIGHT_ROUNDS, IN_FLIGHT_ROUNDS, IN_FLIGHT_TIMEOUT_MS)
   say("Memory per call in flight: (the client's VmRSS read while no answer can have left the emulator and it counted"
-    .. " that many arrivals, minus its VmRSS before the calls) / those calls.")
+    .. " that many arrivals, minus its VmRSS before the calls) / those calls. The floor copies each request into its"
+    .. " call slot's buffer as it sends it; rrpc signs one request (not sent) before its VmRSS is read.")
   say("The floor and rrpc ran %d times each, in turn: the lowest CPU per call and the highest memory per call of"
     .. " their runs, the fewest in flight and ok; the SDKs once.", FLOOR_REPEATS)
   say("")
