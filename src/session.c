@@ -49,7 +49,7 @@ static int session_close(lua_State *L)
 }
 
 /* session:perform(method, url, headers, body, timeout_ms)
- *   --> status, headers, body, info | nil, code, message, sent */
+ *   --> status, headers, body | nil, code, message, sent */
 static int session_perform(lua_State *L)
 {
     struct session *s = check_session(L);

@@ -507,11 +507,8 @@ static void push_headers(lua_State *L, struct rrpc_buffer *head)
 
 int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc)
 {
-    long status = 0, connects = 0;
-    double total = 0;
-
-    curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects);
-    curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &total);
+    long status = 0;
+    int results = 3;
     if (rc != CURLE_OK) {
         const char *name = curl_code_name(rc);
         /* once libcurl started to write the request, it may have reached the platform */
@@ -545,17 +542,13 @@ int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc
             lua_pushstring(L, t->error[0] ? t->error : curl_easy_strerror(rc));
         }
         lua_pushboolean(L, sent);
+        results = 4;
     } else {
         curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
         lua_pushinteger(L, status);
         push_headers(L, &t->head);
         lua_pushlstring(L, t->body.data ? t->body.data : "", t->body.len);
-        lua_createtable(L, 0, 2);
-        lua_pushinteger(L, connects);
-        lua_setfield(L, -2, "new_connections");
-        lua_pushnumber(L, total);
-        lua_setfield(L, -2, "seconds");
     }
     rrpc_transfer_release(t);
-    return 4;
+    return results;
 }

@@ -105,7 +105,7 @@ void rrpc_transfer_release(struct rrpc_transfer *t);
 /* After the transfer: frees the request headers, keeps the response for pushing. */
 void rrpc_transfer_done(struct rrpc_transfer *t);
 
-/* Pushes status, headers, body, info -- or nil, code, message, sent. Returns 4. */
+/* Pushes status, headers, body (returns 3) -- or nil, code, message, sent (returns 4). */
 int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc);
 
 #endif
