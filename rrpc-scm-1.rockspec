@@ -28,9 +28,10 @@ build = {
   type = "builtin",
   modules = {
     ["rrpc.core"] = {
-      sources = { "src/budget.c", "src/class.c", "src/codec.c", "src/core.c", "src/digest.c", "src/options.c",
-                  "src/pool.c", "src/redis.c", "src/request.c", "src/response.c", "src/session.c", "src/sign.c",
-                  "src/signal.c", "src/system.c", "src/tls_sessions.c", "src/transfer.c", "src/url.c" },
+      sources = { "src/budget.c", "src/class.c", "src/codec.c", "src/core.c", "src/digest.c", "src/headers.c",
+                  "src/options.c", "src/pool.c", "src/redis.c", "src/request.c", "src/response.c",
+                  "src/session.c", "src/sign.c", "src/signal.c", "src/system.c", "src/tls_sessions.c",
+                  "src/transfer.c", "src/url.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
       libraries = { "curl", "crypto", "hiredis" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(HIREDIS_INCDIR)/hiredis" },

@@ -58,10 +58,11 @@ GC_STRESS_VALGRIND=${GC_STRESS_VALGRIND:-400}
 ASAN_FILTER_OUT=${ASAN_FILTER_OUT:-peak memory within the limit}
 ASAN_EXCLUDE_TAGS=${ASAN_EXCLUDE_TAGS:-openresty,cli,mqtt}
 # The valgrind and asan-gc passes of CI: the specs that drive rrpc.core (signing, calls, errors, batches,
-# credentials, HTTPS, hostile servers, bad input, never twice, scrubbed tokens, HTTP/2); left to `make check-memory`: the build
+# credentials, HTTPS, hostile servers, bad input, never twice, scrubbed tokens, HTTP/2, response
+# headers); left to `make check-memory`: the build
 # and install specs, the emulator's own specs, the OpenResty gateway (nginx's LuaJIT) and
 # the secret scan, which run no rrpc.core code of their own in this process.
-CORE_CI_SPECS=${CORE_CI_SPECS:-01 02 03 04 06 09 12 13 15 16 17 18 25}
+CORE_CI_SPECS=${CORE_CI_SPECS:-01 02 03 04 06 09 12 13 15 16 17 18 25 27}
 mkdir -p "$OUT"
 
 for f in fuzz/lsan.supp scripts/valgrind.supp; do

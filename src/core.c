@@ -39,6 +39,7 @@ int luaopen_rrpc_core(lua_State *L)
     rrpc_register_class(L, &rrpc_tls_sessions_class);
     rrpc_register_class(L, &rrpc_redis_class);
     rrpc_register_class(L, &rrpc_signer_class);
+    rrpc_register_headers(L);
 
     lua_newtable(L);
     luaL_setfuncs(L, functions, 0);

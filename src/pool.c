@@ -291,7 +291,8 @@ static int collect(lua_State *L, struct pool *p, int results, int n)
             lua_createtable(L, 0, 4); /* token and the three results */
             lua_pushinteger(L, t->token);
             lua_setfield(L, -2, "token");
-            if (rrpc_transfer_push_result(L, t, rc) == 4) { /* nil, code, message, sent */
+            if (rrpc_transfer_push_result(L, t, rc, RRPC_HEADERS_OBJECT) == 4) {
+                /* nil, code, message, sent */
                 lua_setfield(L, -5, "sent");
                 lua_setfield(L, -4, "message");
                 lua_setfield(L, -3, "code");
@@ -375,7 +376,7 @@ static void unwatch(struct pool *p)
 }
 
 /* pool:run(wait_ms [, fd, write]) --> array of completions, each
- *   { token=, status=, headers=, body= } or { token=, code=, message=, sent= }
+ *   { token=, status=, headers= (rrpc.headers), body= } or { token=, code=, message=, sent= }
  * Drives the transfers; waits up to wait_ms when none has finished yet (also when none
  * is in flight, so it doubles as the batch scheduler's sleep). With fd, it also returns
  * as soon as that socket of the caller's is readable (or writable, with write): a Redis

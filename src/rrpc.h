@@ -14,6 +14,7 @@
 #define RRPC_REDIS_MT "rrpc.redis"
 #define RRPC_TLS_SESSIONS_MT "rrpc.tls_sessions"
 #define RRPC_SIGNER_MT "rrpc.signer"
+#define RRPC_HEADERS_MT "rrpc.headers"
 
 /* A string parameter or header, borrowed from a Lua string kept alive on the stack. */
 struct rrpc_kv {
@@ -83,6 +84,12 @@ int l_tls_sessions(lua_State *L);
 
 /* url.c */
 int l_parse_url(lua_State *L);
+
+/* headers.c: a response's header block (lower-cased in place by the table form) pushed as
+ * a table, or as an rrpc.headers object indexed by lower-case name (pairs() on 5.2+) */
+void rrpc_push_header_table(lua_State *L, char *block, size_t len);
+void rrpc_push_header_object(lua_State *L, const char *block, size_t len);
+void rrpc_register_headers(lua_State *L);
 
 /* session.c */
 extern const struct rrpc_class rrpc_session_class;

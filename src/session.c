@@ -58,11 +58,12 @@ static int session_perform(lua_State *L)
     rrpc_transfer_prepare(L, &s->transfer, 2, 0); /* argument 5 keeps the body alive */
     rc = curl_easy_perform(s->transfer.easy);
     rrpc_transfer_done(&s->transfer);
-    return rrpc_transfer_push_result(L, &s->transfer, rc);
+    return rrpc_transfer_push_result(L, &s->transfer, rc, RRPC_HEADERS_TABLE);
 }
 
-/* session:perform_signed(signer, action, params, timeout_ms) --> as perform: a POST
- * signed in C with rrpc.core.signer (what build_request would send, in one step) */
+/* session:perform_signed(signer, action, params, timeout_ms) --> as perform, the headers an
+ * rrpc.headers object: a POST signed in C with rrpc.core.signer (what build_request would
+ * send, in one step) */
 static int session_perform_signed(lua_State *L)
 {
     struct session *s = check_session(L);
@@ -75,7 +76,7 @@ static int session_perform_signed(lua_State *L)
     rrpc_transfer_prepare_signed(L, &s->transfer, &request, timeout_ms);
     rc = curl_easy_perform(s->transfer.easy);
     rrpc_transfer_done(&s->transfer);
-    return rrpc_transfer_push_result(L, &s->transfer, rc);
+    return rrpc_transfer_push_result(L, &s->transfer, rc, RRPC_HEADERS_OBJECT);
 }
 
 static int session_tostring(lua_State *L)

@@ -469,43 +469,8 @@ static int fails_connecting(CURLcode c)
     }
 }
 
-/* The names are lower-cased where they lie: the buffer is this call's answer, read only
- * here. */
-static void push_headers(lua_State *L, struct rrpc_buffer *head)
-{
-    char *p = head->data, *end = head->data + head->len;
-    lua_createtable(L, 0, 8);
-    while (p < end) {
-        char *eol = memchr(p, '\n', (size_t)(end - p));
-        char *line_end = eol ? eol : end, *colon, *c;
-        const char *v, *ve;
-        colon = memchr(p, ':', (size_t)(line_end - p));
-        if (colon != NULL && colon > p) {
-            for (v = colon + 1; v < line_end && (*v == ' ' || *v == '\t'); v++)
-                ;
-            for (ve = line_end; ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'); ve--)
-                ;
-            for (c = p; c < colon; c++)
-                if (*c >= 'A' && *c <= 'Z')
-                    *c = (char)(*c + 32);
-            lua_pushlstring(L, p, (size_t)(colon - p));
-            lua_pushvalue(L, -1);
-            lua_rawget(L, -3);
-            if (lua_isstring(L, -1)) { /* repeated header: join as HTTP does */
-                lua_pushliteral(L, ", ");
-                lua_pushlstring(L, v, (size_t)(ve - v));
-                lua_concat(L, 3);
-            } else {
-                lua_pop(L, 1);
-                lua_pushlstring(L, v, (size_t)(ve - v));
-            }
-            lua_rawset(L, -3);
-        }
-        p = line_end + 1;
-    }
-}
-
-int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc)
+int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc,
+                              enum rrpc_headers_form headers)
 {
     long status = 0;
     int results = 3;
@@ -546,7 +511,10 @@ int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc
     } else {
         curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
         lua_pushinteger(L, status);
-        push_headers(L, &t->head);
+        if (headers == RRPC_HEADERS_TABLE)
+            rrpc_push_header_table(L, t->head.data, t->head.len);
+        else
+            rrpc_push_header_object(L, t->head.data, t->head.len);
         lua_pushlstring(L, t->body.data ? t->body.data : "", t->body.len);
     }
     rrpc_transfer_release(t);

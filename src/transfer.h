@@ -105,7 +105,13 @@ void rrpc_transfer_release(struct rrpc_transfer *t);
 /* After the transfer: frees the request headers, keeps the response for pushing. */
 void rrpc_transfer_done(struct rrpc_transfer *t);
 
+/* How a result's headers are pushed: a table, as session:perform's callers are given them
+ * (a credential provider's fetch among them), or an rrpc.headers object for the calls to
+ * the platform, which only the library reads. */
+enum rrpc_headers_form { RRPC_HEADERS_TABLE, RRPC_HEADERS_OBJECT };
+
 /* Pushes status, headers, body (returns 3) -- or nil, code, message, sent (returns 4). */
-int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc);
+int rrpc_transfer_push_result(lua_State *L, struct rrpc_transfer *t, CURLcode rc,
+                              enum rrpc_headers_form headers);
 
 #endif

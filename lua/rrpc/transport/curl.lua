@@ -10,11 +10,14 @@
 --     http_version ("1.1" | "2"), quota
 --     (rrpc.quota, or nil) and max_quota_wait (ms), and the transport's own.
 --   send(state, url, headers, body, timeout_ms) --> status, headers, body | nil, err
---     one POST to the platform; response headers with lower-case names; err an rrpc error
---     whose `delivered` is honest (the transport knows whether the request left).
+--     one POST to the platform; response headers indexable by lower-case name (a table,
+--     or rrpc.core's rrpc.headers object, which reads them only when asked: no pairs() on
+--     LuaJIT); err an rrpc error whose `delivered` is honest (the transport knows whether
+--     the request left).
 --   fetch(state, method, url, headers, body, timeout_ms) --> status, headers, body | nil, err
 --     any other HTTP the library does (the ECS metadata service), the way the platform
---     is reached.
+--     is reached; its headers a table with lower-case names (a credential provider of
+--     the user's is handed this fetch).
 --   admit(state, call) --> nil | err             before each attempt of a single call:
 --     waits for a slot of the quota (rrpc.quota.wait, within max_quota_wait), or refuses
 --     (nothing sent).
