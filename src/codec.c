@@ -42,10 +42,10 @@ void rrpc_hex(const unsigned char *in, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
-void rrpc_sha256_hex(const char *s, size_t n, char out[65])
+void rrpc_sha256_hex(EVP_MD_CTX *ctx, const char *s, size_t n, char out[65])
 {
     unsigned char md[32];
-    if (!rrpc_sha256(s, n, md))
+    if (!rrpc_sha256(ctx, s, n, md))
         memset(md, 0, sizeof md); /* OpenSSL without SHA-256: the platform refuses the request */
     rrpc_hex(md, sizeof md, out);
 }

@@ -51,10 +51,22 @@ static int ready(void)
     return pthread_once(&fetched, fetch) == 0 && usable;
 }
 
-int rrpc_sha256(const void *data, size_t n, unsigned char out[32])
+/* ctx: a context kept for many digests (rrpc_sha256_context), so that a digest makes only
+ * OpenSSL's state for it again, not the context too; or NULL, for one of its own */
+int rrpc_sha256(EVP_MD_CTX *ctx, const void *data, size_t n, unsigned char out[32])
 {
     unsigned int len = 0;
-    return ready() && EVP_Digest(data, n, out, &len, sha256, NULL) && len == 32;
+    if (!ready())
+        return 0;
+    if (ctx == NULL)
+        return EVP_Digest(data, n, out, &len, sha256, NULL) && len == 32;
+    return EVP_DigestInit_ex2(ctx, sha256, NULL) && EVP_DigestUpdate(ctx, data, n) &&
+           EVP_DigestFinal_ex(ctx, out, &len) && len == 32;
+}
+
+EVP_MD_CTX *rrpc_sha256_context(void)
+{
+    return ready() ? EVP_MD_CTX_new() : NULL;
 }
 
 /* digest: RRPC_HMAC_SHA1 or RRPC_HMAC_SHA256; out has room for EVP_MAX_MD_SIZE */

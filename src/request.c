@@ -25,6 +25,7 @@ struct request {
     const char *endpoint, *host, *action, *version, *key_id, *secret, *token, *region;
     size_t secret_len;
     EVP_MAC_CTX *keyed;     /* a signer's key, or NULL: the secret */
+    EVP_MD_CTX *hashing;    /* a signer's SHA-256 context, or NULL */
     int v1, in_body;
     const char *nonce, *timestamp; /* drawn into out's buffers, or the caller's */
     struct rrpc_kv *params; /* the API's, then the common ones: room for V1_COMMON_PARAMS */
@@ -39,6 +40,8 @@ struct signer {
     char *endpoint, *host, *version, *key_id, *token, *region; /* one allocation */
     size_t text_len;
     EVP_MAC_CTX *keyed;
+    EVP_MD_CTX *hashing; /* V3's two digests a request, in a context kept from one to the
+                          * next; NULL for V1 */
     int v1, in_body;
 };
 
@@ -249,7 +252,7 @@ static void push_v3_form(lua_State *L, struct request *r)
     rrpc_add_canonical_query(&b, r->params, r->n, NULL);
     luaL_pushresult(&b);
     form = lua_tolstring(L, -1, &fl);
-    rrpc_sha256_hex(r->in_body ? form : "", r->in_body ? fl : 0, body_sha);
+    rrpc_sha256_hex(r->hashing, r->in_body ? form : "", r->in_body ? fl : 0, body_sha);
 
     /* sorted by name, as the canonical headers must be */
     if (r->in_body)
@@ -262,8 +265,9 @@ static void push_v3_form(lua_State *L, struct request *r)
         rrpc_kv_set(&h[nh++], "x-acs-security-token", r->token);
     rrpc_kv_set(&h[nh++], "x-acs-signature-nonce", r->nonce);
     rrpc_kv_set(&h[nh++], "x-acs-version", r->version);
+    /* pushes the canonical request, the string to sign and the Authorization value */
     rrpc_push_v3(L, "POST", "/", r->in_body ? "" : form, r->in_body ? 0 : fl, h, nh, body_sha,
-                 r->key_id, r->secret, r->secret_len, r->keyed); /* creq, sts, authorization */
+                 r->key_id, r->secret, r->secret_len, r->keyed, r->hashing);
     for (i = 0; i < nh; i++)
         r->out->headers[r->out->nh++] = h[i];
     authorization = lua_tolstring(L, -1, &al);
@@ -349,6 +353,7 @@ void rrpc_sign_with(lua_State *L, int signer, int action, int params, struct rrp
     r.token = g->token;
     r.region = g->region;
     r.keyed = g->keyed;
+    r.hashing = g->hashing;
     r.v1 = g->v1;
     r.in_body = g->in_body;
     r.action = rrpc_checkstring(L, action, NULL);
@@ -424,6 +429,8 @@ int l_signer(lua_State *L)
     g->keyed = rrpc_hmac_key(g->v1 ? RRPC_HMAC_SHA1 : RRPC_HMAC_SHA256, secret, secret_len);
     if (g->keyed == NULL)
         return luaL_error(L, "cannot key an HMAC with the secret");
+    if (!g->v1 && (g->hashing = rrpc_sha256_context()) == NULL)
+        return luaL_error(L, "cannot make a SHA-256 context");
     lua_settop(L, 2);
     return 1;
 }
@@ -433,6 +440,8 @@ static int signer_close(lua_State *L)
     struct signer *g = luaL_checkudata(L, 1, RRPC_SIGNER_MT);
     EVP_MAC_CTX_free(g->keyed); /* OpenSSL cleanses the key's material */
     g->keyed = NULL;
+    EVP_MD_CTX_free(g->hashing);
+    g->hashing = NULL;
     /* the security token is among the copies */
     OPENSSL_clear_free(g->endpoint, g->text_len);
     g->endpoint = NULL;

@@ -35,7 +35,7 @@ void rrpc_percent_encode(luaL_Buffer *b, const char *s, size_t n);
 void rrpc_push_b64encode(lua_State *L, const unsigned char *s, size_t n);
 int rrpc_push_b64decode(lua_State *L, const char *s, size_t n);
 void rrpc_hex(const unsigned char *in, size_t n, char *out);
-void rrpc_sha256_hex(const char *s, size_t n, char out[65]);
+void rrpc_sha256_hex(EVP_MD_CTX *ctx, const char *s, size_t n, char out[65]);
 int l_percent_encode(lua_State *L);
 int l_b64encode(lua_State *L);
 int l_b64decode(lua_State *L);
@@ -43,7 +43,10 @@ int l_b64decode(lua_State *L);
 /* digest.c: 1 on success */
 #define RRPC_HMAC_SHA1 0
 #define RRPC_HMAC_SHA256 1
-int rrpc_sha256(const void *data, size_t n, unsigned char out[32]);
+/* ctx: from rrpc_sha256_context (EVP_MD_CTX_free frees it), reused digest after digest;
+ * or NULL */
+int rrpc_sha256(EVP_MD_CTX *ctx, const void *data, size_t n, unsigned char out[32]);
+EVP_MD_CTX *rrpc_sha256_context(void);
 int rrpc_hmac(int digest, const void *key, size_t key_len, const void *data, size_t n,
               unsigned char *out, size_t *out_len);
 /* a context keyed once, for many HMACs (EVP_MAC_CTX_free frees it), or NULL */

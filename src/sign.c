@@ -191,7 +191,8 @@ static void add_signed_headers(luaL_Buffer *b, const struct rrpc_kv *h, size_t n
  * string to sign and the Authorization value. */
 void rrpc_push_v3(lua_State *L, const char *method, const char *path, const char *cq,
                   size_t cql, const struct rrpc_kv *h, size_t nh, const char *body_sha256,
-                  const char *key_id, const char *secret, size_t sl, EVP_MAC_CTX *keyed)
+                  const char *key_id, const char *secret, size_t sl, EVP_MAC_CTX *keyed,
+                  EVP_MD_CTX *hashing)
 {
     luaL_Buffer b;
     const char *creq, *sts;
@@ -220,7 +221,7 @@ void rrpc_push_v3(lua_State *L, const char *method, const char *path, const char
     luaL_pushresult(&b);
     creq = lua_tolstring(L, -1, &crl);
 
-    rrpc_sha256_hex(creq, crl, hash);
+    rrpc_sha256_hex(hashing, creq, crl, hash);
     sts = lua_pushfstring(L, V3_ALGORITHM "\n%s", hash);
     tl = strlen(sts);
     if (!(keyed != NULL ? rrpc_hmac_keyed(keyed, sts, tl, md, &mdl)
@@ -314,7 +315,7 @@ int l_sign_v3(lua_State *L)
     lua_getfield(L, 1, "body");
     bl = lua_isnil(L, -1) ? 0 : lua_rawlen(L, -1);
     lua_pop(L, 2);
-    rrpc_sha256_hex(body, bl, body_sha);
+    rrpc_sha256_hex(NULL, body, bl, body_sha);
 
     lua_settop(L, 1);
     lua_getfield(L, 1, "query"); /* 2 */
@@ -358,7 +359,7 @@ int l_sign_v3(lua_State *L)
     {
         size_t cql;
         const char *cq = lua_tolstring(L, -1, &cql);
-        rrpc_push_v3(L, method, path, cq, cql, h, kept, body_sha, key_id, secret, sl, NULL);
+        rrpc_push_v3(L, method, path, cq, cql, h, kept, body_sha, key_id, secret, sl, NULL, NULL);
     }
     lua_insert(L, -3); /* authorization, canonical_request, string_to_sign */
     return 3;

@@ -29,10 +29,12 @@ void rrpc_push_v1(lua_State *L, const char *method, size_t ml, const struct rrpc
 
 /* h: lower-case names, sorted, only the signed ones. Pushes the canonical request, the
  * string to sign and the Authorization value. The key: `keyed` (rrpc_hmac_key of the
- * secret), or the secret, when keyed is NULL. */
+ * secret), or the secret, when keyed is NULL; `hashing`: a SHA-256 context to reuse, or
+ * NULL. */
 void rrpc_push_v3(lua_State *L, const char *method, const char *path, const char *cq,
                   size_t cql, const struct rrpc_kv *h, size_t nh, const char *body_sha256,
-                  const char *key_id, const char *secret, size_t sl, EVP_MAC_CTX *keyed);
+                  const char *key_id, const char *secret, size_t sl, EVP_MAC_CTX *keyed,
+                  EVP_MD_CTX *hashing);
 
 /* A string field of the table at t (kept alive by it), its default, or an error. */
 const char *rrpc_opt_string(lua_State *L, int t, const char *field, const char *def);
