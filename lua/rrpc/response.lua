@@ -29,24 +29,32 @@ local function described(value)
   return type(value)
 end
 
--- Each field's kind looked up once; a string or boolean field is checked by its Lua type.
-for _, fields in ipairs { COMMON_FIELDS, RRPC_FIELDS } do
+-- Each list of fields read once into three slots a field: its name, the Lua type that is
+-- enough for its kind (a string or boolean field's; nil for the digits, which its check
+-- reads), and its kind.
+local function flattened(fields)
+  local flat = {}
   for _, field in ipairs(fields) do
-    field.kind = FIELD_KINDS[field[2]]
-    field.lua_type = (field[2] == "string" or field[2] == "boolean") and field[2] or nil
+    local kind = field[2]
+    flat[#flat + 1] = field[1]
+    flat[#flat + 1] = (kind == "string" or kind == "boolean") and kind or false
+    flat[#flat + 1] = FIELD_KINDS[kind]
   end
+  return flat
 end
+COMMON_FIELDS, RRPC_FIELDS = flattened(COMMON_FIELDS), flattened(RRPC_FIELDS)
 
 -- Says what is wrong with the first field of `fields` that doc has of the wrong kind, or nil.
 local function field_problem(doc, fields)
-  for i = 1, #fields do
-    local field = fields[i]
-    local name = field[1]
-    local value = doc[name]
-    if value == json_null then
-      doc[name] = nil
-    elseif value ~= nil and type(value) ~= field.lua_type and not field.kind.check(value) then
-      return ("field '%s' must be %s, got %s"):format(name, field.kind.named, described(value))
+  for i = 1, #fields, 3 do
+    local value = doc[fields[i]]
+    if value ~= nil and type(value) ~= fields[i + 1] then
+      local kind = fields[i + 2]
+      if value == json_null then
+        doc[fields[i]] = nil
+      elseif not kind.check(value) then
+        return ("field '%s' must be %s, got %s"):format(fields[i], kind.named, described(value))
+      end
     end
   end
 end
