@@ -13,7 +13,7 @@ local FLOOR = os.getenv("BENCH_FLOOR") or "build/bench/floor"
 -- section 6's figures, and the chart gnuplot draws from them (bench/chart.gp)
 local CHART_DATA = os.getenv("BENCH_CHART_DATA") or "build/bench/results.dat"
 local CHART = os.getenv("BENCH_CHART") or "bench/results.svg"
-local SEQUENTIAL_CALLS = tonumber(os.getenv("BENCH_SEQUENTIAL_CALLS") or 1000)
+local SEQUENTIAL_CALLS = tonumber(os.getenv("BENCH_SEQUENTIAL_CALLS") or 3000)
 local SIGN_CALLS = tonumber(os.getenv("BENCH_SIGN_CALLS") or 20000)
 local GATEWAY_CALLS, GATEWAY_CONCURRENCY = tonumber(os.getenv("BENCH_GATEWAY_CALLS") or 5000), 100
 local BATCH_CALLS = tonumber(os.getenv("BENCH_BATCH_CALLS") or 10000)
@@ -28,7 +28,7 @@ local SHARED_PROCESSES, SHARED_SECONDS = 4, tonumber(os.getenv("BENCH_SHARED_SEC
 -- 8 s, so 8000 is the most a 1000/s quota could have in flight.
 local IN_FLIGHT_ROUNDS = tonumber(os.getenv("BENCH_IN_FLIGHT_ROUNDS") or 3)
 -- the floor and rrpc run this many times each, in turn (a busy machine only adds CPU time)
-local FLOOR_REPEATS = tonumber(os.getenv("BENCH_FLOOR_REPEATS") or 2)
+local FLOOR_REPEATS = tonumber(os.getenv("BENCH_FLOOR_REPEATS") or 3)
 local IN_FLIGHT_TIMEOUT_MS = 8000
 local IN_FLIGHT_LEVELS = {
   { calls_in_flight = 100, latency_ms = 1000 },
