@@ -447,14 +447,16 @@ local function in_flight()
     end
   end
   say("")
-  local ratios, growth = {}, {}
+  local ratios, growth, memory = {}, {}, {}
   for _, row in ipairs(levels) do
     ratios[#ratios + 1] = ("%.2f at %d"):format(per_call_us(row.rrpc) / per_call_us(row.floor), row.n)
     growth[#growth + 1] = ("%.0f"):format(per_call_us(row.rrpc))
+    memory[#memory + 1] = ("%+.1f KB at %d"):format(kb_per_call(row.rrpc) - kb_per_call(row.floor), row.n)
   end
   say("Targets: rrpc's CPU per call within 1.3x the floor's: %.2f sequential, %s in flight; no growth from 100 to"
-    .. " 8000 in flight: %s µs.", per_call_us(seq_rrpc) / per_call_us(floor_seq), table.concat(ratios, ", "),
-    table.concat(growth, " -> "))
+    .. " 8000 in flight: %s µs; memory per call in flight within 1 KB of the floor's: %s.",
+    per_call_us(seq_rrpc) / per_call_us(floor_seq), table.concat(ratios, ", "), table.concat(growth, " -> "),
+    table.concat(memory, ", "))
   bench.chart(seq, levels, clients)
 end
 
