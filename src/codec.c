@@ -1,5 +1,8 @@
-/* Percent-encoding (section 2 of the Alibaba signing rules), Base64, hex, SHA-256. */
+/* Percent-encoding (section 2 of the Alibaba signing rules), Base64, hex, SHA-256, and
+ * the texts in C memory that signing builds. */
+#include <stdlib.h>
 #include <string.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include "rrpc.h"
@@ -7,6 +10,7 @@
 /* Chunks keep OpenSSL's int lengths safe; multiples of 3 (encode) and 4 (decode) */
 #define B64_ENCODE_CHUNK (3 * 4096)
 #define B64_DECODE_CHUNK (4 * 4096)
+#define PERCENT_CHUNK 4096
 
 static const char HEX[] = "0123456789ABCDEF";
 static const char hex_lower[] = "0123456789abcdef";
@@ -17,19 +21,95 @@ static int is_unreserved(unsigned char c)
            (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' || c == '~';
 }
 
-void rrpc_percent_encode(luaL_Buffer *b, const char *s, size_t n)
+/* Writes s percent-encoded to out (room for 3n); returns the length written. */
+static size_t percent_encode_into(char *out, const char *s, size_t n)
 {
-    size_t i;
+    size_t i, w = 0;
     for (i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (is_unreserved(c)) {
-            luaL_addchar(b, (char)c);
+            out[w++] = (char)c;
         } else {
-            luaL_addchar(b, '%');
-            luaL_addchar(b, HEX[c >> 4]);
-            luaL_addchar(b, HEX[c & 15]);
+            out[w++] = '%';
+            out[w++] = HEX[c >> 4];
+            out[w++] = HEX[c & 15];
         }
     }
+    return w;
+}
+
+int rrpc_text_reserve(struct rrpc_text *t, size_t more)
+{
+    size_t cap;
+    char *grown;
+    if (t->failed)
+        return 0;
+    if (more <= t->cap - t->len)
+        return 1;
+    cap = t->cap ? t->cap : 256;
+    while (cap - t->len < more) {
+        if (cap > ((size_t)-1) / 2) {
+            t->failed = 1;
+            return 0;
+        }
+        cap *= 2;
+    }
+    /* not realloc: the old block may hold a security token, and is cleansed before it goes */
+    grown = malloc(cap);
+    if (grown == NULL) {
+        t->failed = 1;
+        return 0;
+    }
+    if (t->len > 0)
+        memcpy(grown, t->data, t->len);
+    OPENSSL_clear_free(t->data, t->cap);
+    t->data = grown;
+    t->cap = cap;
+    return 1;
+}
+
+void rrpc_text_percent_encode(struct rrpc_text *t, const char *s, size_t n)
+{
+    if (n > ((size_t)-1) / 3) {
+        t->failed = 1;
+        return;
+    }
+    if (rrpc_text_reserve(t, 3 * n))
+        t->len += percent_encode_into(t->data + t->len, s, n);
+}
+
+int rrpc_text_open(struct rrpc_text *t)
+{
+    return rrpc_text_reserve(t, 1);
+}
+
+void rrpc_text_free(struct rrpc_text *t)
+{
+    OPENSSL_clear_free(t->data, t->cap);
+    t->data = NULL;
+    t->len = t->cap = 0;
+}
+
+#define TEXT_MT "rrpc.text"
+
+static int text_gc(lua_State *L)
+{
+    rrpc_text_free(lua_touserdata(L, 1));
+    return 0;
+}
+
+struct rrpc_text *rrpc_push_text(lua_State *L)
+{
+    struct rrpc_text *t = lua_newuserdatauv(L, sizeof *t, 0);
+    memset(t, 0, sizeof *t);
+    if (luaL_newmetatable(L, TEXT_MT)) {
+        lua_pushcfunction(L, text_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    if (!rrpc_text_open(t))
+        luaL_error(L, "out of memory");
+    return t;
 }
 
 void rrpc_hex(const unsigned char *in, size_t n, char *out)
@@ -124,9 +204,16 @@ int l_percent_encode(lua_State *L)
 {
     size_t n;
     const char *s = rrpc_checkstring(L, 1, &n);
+    /* a chunk at a time through a local array: Lua 5.1 and LuaJIT have no luaL_prepbuffsize */
+    char out[3 * PERCENT_CHUNK];
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    rrpc_percent_encode(&b, s, n);
+    while (n > 0) {
+        size_t take = n < PERCENT_CHUNK ? n : PERCENT_CHUNK;
+        luaL_addlstring(&b, out, percent_encode_into(out, s, take));
+        s += take;
+        n -= take;
+    }
     luaL_pushresult(&b);
     return 1;
 }

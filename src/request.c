@@ -17,9 +17,6 @@
 /* The headers V3 signs that this request sends. */
 #define V3_HEADERS 8
 #define FORM_TYPE "application/x-www-form-urlencoded"
-/* A signer's request with up to this many parameters and V1's common ones reads them into
- * an array on the C stack (an RRpc call has six at most). */
-#define PARAMS_ON_STACK 24
 
 struct request {
     const char *endpoint, *host, *action, *version, *key_id, *secret, *token, *region;
@@ -31,6 +28,7 @@ struct request {
     struct rrpc_kv *params; /* the API's, then the common ones: room for V1_COMMON_PARAMS */
     size_t n;
     int steps;              /* stack index of the table of intermediate strings, or 0 */
+    struct rrpc_text *text; /* where the form, the steps and the URL are written */
     struct rrpc_signed *out; /* the headers sent, the URL and the body */
 };
 
@@ -43,6 +41,11 @@ struct signer {
     EVP_MD_CTX *hashing; /* V3's two digests a request, in a context kept from one to the
                           * next; NULL for V1 */
     int v1, in_body;
+    /* kept from request to request, so that signing one allocates nothing once they have
+     * grown to size: the text its request is written in, and its parameters' array */
+    struct rrpc_text text;
+    struct rrpc_kv *params;
+    size_t params_room;
 };
 
 /* Nonces are drawn from OpenSSL's generator a block at a time: one RAND_bytes per
@@ -185,11 +188,19 @@ static void add_header(struct request *r, const char *name, const char *value, s
     h->vl = vl;
 }
 
-/* Sets steps[name] to the value at the top of the stack, which stays there. */
-static void set_step(lua_State *L, struct request *r, const char *name)
+/* Sets steps[name] to a part of the text. */
+static void set_step(lua_State *L, struct request *r, const char *name, struct rrpc_span part)
 {
     if (r->steps) {
-        lua_pushvalue(L, -1);
+        lua_pushlstring(L, r->text->data + part.at, part.len);
+        lua_setfield(L, r->steps, name);
+    }
+}
+
+static void set_step_string(lua_State *L, struct request *r, const char *name, const char *s)
+{
+    if (r->steps) {
+        lua_pushstring(L, s);
         lua_setfield(L, r->steps, name);
     }
 }
@@ -214,45 +225,51 @@ static void add_v1_common_params(struct request *r)
 }
 
 /* V1, steps 3-6: canonicalized query, string to sign, HMAC-SHA1, and the Signature
- * parameter after the others. Pushes every parameter, form-encoded. */
-static void push_v1_form(lua_State *L, struct request *r)
+ * parameter after the others. Returns every parameter, form-encoded. */
+static struct rrpc_span write_v1_form(lua_State *L, struct request *r)
 {
-    luaL_Buffer b;
-    size_t cl, sigl;
-    const char *canonical, *signature;
-    rrpc_push_v1(L, "POST", 4, r->params, r->n, r->secret, r->secret_len, r->keyed);
-    signature = lua_tolstring(L, -1, &sigl);
-    canonical = lua_tolstring(L, -3, &cl);
-    lua_insert(L, -2); /* cqs, signature, string to sign */
-    set_step(L, r, "string_to_sign");
-    lua_insert(L, -2); /* cqs, string to sign, signature */
-    set_step(L, r, "signature");
-    luaL_buffinit(L, &b);
-    luaL_addlstring(&b, canonical, cl);
-    luaL_addstring(&b, "&Signature=");
-    rrpc_percent_encode(&b, signature, sigl);
-    luaL_pushresult(&b);
+    struct rrpc_text *t = r->text;
+    struct rrpc_v1_signed v1;
+    struct rrpc_span form;
+    size_t at;
+    if (!rrpc_sign_v1_text(t, "POST", 4, r->params, r->n, r->secret, r->secret_len, r->keyed,
+                           &v1))
+        luaL_error(L, "cannot compute HMAC-SHA1");
+    at = t->len;
+    rrpc_text_add_span(t, v1.canonical_query);
+    rrpc_text_add_string(t, "&Signature=");
+    rrpc_text_percent_encode(t, v1.signature, strlen(v1.signature));
+    form = rrpc_text_since(t, at);
+    if (t->failed)
+        return form;
+    set_step(L, r, "string_to_sign", v1.string_to_sign);
+    set_step_string(L, r, "signature", v1.signature);
     if (r->in_body)
         add_header(r, "Content-Type", FORM_TYPE, sizeof FORM_TYPE - 1);
     add_header(r, "Host", r->host, strlen(r->host));
+    return form;
 }
 
 /* V3: the API parameters form-encoded (the body, or the canonical query), the headers it
- * signs, the canonical request, string to sign and Authorization. Pushes the form. */
-static void push_v3_form(lua_State *L, struct request *r)
+ * signs, the canonical request, string to sign and Authorization (whose header is the
+ * caller's to add, once the text has stopped moving). Returns the form. */
+static struct rrpc_span write_v3_form(lua_State *L, struct request *r,
+                                      struct rrpc_span *authorization)
 {
+    struct rrpc_text *t = r->text;
     struct rrpc_kv h[V3_HEADERS];
-    size_t nh = 0, fl, i, al;
-    const char *form, *authorization;
+    struct rrpc_v3_signed v3;
+    struct rrpc_span form, none = {0, 0};
+    size_t nh = 0, i, at = t->len;
     char *body_sha = r->out->body_sha;
-    luaL_Buffer b;
 
     qsort(r->params, r->n, sizeof *r->params, rrpc_kv_cmp);
-    luaL_buffinit(L, &b);
-    rrpc_add_canonical_query(&b, r->params, r->n, NULL);
-    luaL_pushresult(&b);
-    form = lua_tolstring(L, -1, &fl);
-    rrpc_sha256_hex(r->hashing, r->in_body ? form : "", r->in_body ? fl : 0, body_sha);
+    rrpc_add_canonical_query(t, r->params, r->n, NULL);
+    form = rrpc_text_since(t, at);
+    if (t->failed)
+        return form;
+    rrpc_sha256_hex(r->hashing, r->in_body ? t->data + form.at : "", r->in_body ? form.len : 0,
+                    body_sha);
 
     /* sorted by name, as the canonical headers must be */
     if (r->in_body)
@@ -265,52 +282,52 @@ static void push_v3_form(lua_State *L, struct request *r)
         rrpc_kv_set(&h[nh++], "x-acs-security-token", r->token);
     rrpc_kv_set(&h[nh++], "x-acs-signature-nonce", r->nonce);
     rrpc_kv_set(&h[nh++], "x-acs-version", r->version);
-    /* pushes the canonical request, the string to sign and the Authorization value */
-    rrpc_push_v3(L, "POST", "/", r->in_body ? "" : form, r->in_body ? 0 : fl, h, nh, body_sha,
-                 r->key_id, r->secret, r->secret_len, r->keyed, r->hashing);
+    if (!rrpc_sign_v3_text(t, "POST", "/", r->in_body ? none : form, h, nh, body_sha, r->key_id,
+                           r->secret, r->secret_len, r->keyed, r->hashing, &v3))
+        luaL_error(L, "cannot compute HMAC-SHA256");
+    if (t->failed)
+        return form;
     for (i = 0; i < nh; i++)
         r->out->headers[r->out->nh++] = h[i];
-    authorization = lua_tolstring(L, -1, &al);
-    add_header(r, "authorization", authorization, al);
-    set_step(L, r, "authorization");
-    lua_insert(L, -3); /* authorization, creq, sts */
-    set_step(L, r, "string_to_sign");
-    lua_insert(L, -2); /* authorization, sts, creq */
-    set_step(L, r, "canonical_request");
-    lua_pushvalue(L, -4); /* the form on top */
+    *authorization = v3.authorization;
+    set_step(L, r, "canonical_request", v3.canonical_request);
+    set_step_string(L, r, "string_to_sign", v3.string_to_sign);
+    set_step(L, r, "authorization", v3.authorization);
+    return form;
 }
 
-/* Signs r: the headers in r->out; pushes what keeps their strings alive, then the URL
- * (the form after the endpoint, when it is the query) and the body (the form, or ""). */
+/* Signs r into r->text: the headers, the URL (the form after the endpoint, when it is the
+ * query) and the body (the form, or "") in r->out, valid until the text is next written. */
 static void sign_request(lua_State *L, struct request *r)
 {
-    size_t fl;
-    const char *form;
-    luaL_Buffer b;
-    luaL_checkstack(L, 12, "signing a request");
+    struct rrpc_text *t = r->text;
+    struct rrpc_span form, url, authorization = {0, 0};
+    size_t at;
+    t->len = 0;
+    t->failed = 0;
     r->out->nh = 0;
     if (r->v1) {
         add_v1_common_params(r);
-        push_v1_form(L, r);
+        form = write_v1_form(L, r);
     } else {
-        push_v3_form(L, r);
+        form = write_v3_form(L, r, &authorization);
     }
-    form = lua_tolstring(L, -1, &fl);
-    luaL_buffinit(L, &b);
-    luaL_addstring(&b, r->endpoint);
-    luaL_addchar(&b, '/');
+    at = t->len;
+    rrpc_text_add_string(t, r->endpoint);
+    rrpc_text_add_char(t, '/');
     if (!r->in_body) {
-        luaL_addchar(&b, '?');
-        luaL_addlstring(&b, form, fl);
+        rrpc_text_add_char(t, '?');
+        rrpc_text_add_span(t, form);
     }
-    luaL_pushresult(&b);
-    r->out->url = lua_tolstring(L, -1, &r->out->url_len);
-    if (r->in_body) {
-        lua_pushvalue(L, -2);
-    } else {
-        lua_pushliteral(L, "");
-    }
-    r->out->body = lua_tolstring(L, -1, &r->out->body_len);
+    url = rrpc_text_since(t, at);
+    if (t->failed)
+        luaL_error(L, "out of memory signing a request");
+    r->out->url = t->data + url.at;
+    r->out->url_len = url.len;
+    r->out->body = r->in_body ? t->data + form.at : "";
+    r->out->body_len = r->in_body ? form.len : 0;
+    if (!r->v1)
+        add_header(r, "authorization", t->data + authorization.at, authorization.len);
 }
 
 /* build_request{ endpoint=, host=, action=, version=, params=, access_key_id=,
@@ -326,26 +343,53 @@ int l_build_request(lua_State *L)
     memset(&r, 0, sizeof r);
     r.out = &out;
     read_request(L, &r);
-    sign_request(L, &r); /* ..., url, body */
+    r.text = rrpc_push_text(L);
+    sign_request(L, &r);
+    lua_pushlstring(L, out.url, out.url_len);
     lua_createtable(L, 0, (int)out.nh);
     for (i = 0; i < out.nh; i++) {
         lua_pushlstring(L, out.headers[i].v, out.headers[i].vl);
         lua_setfield(L, -2, out.headers[i].k);
     }
-    lua_insert(L, -2); /* url, headers, body */
+    lua_pushlstring(L, out.body, out.body_len);
     lua_pushvalue(L, r.steps);
     return 4;
+}
+
+/* Reads the table at params into the signer's array, grown first when it has no room. */
+static void collect_signer_params(lua_State *L, struct signer *g, int params, size_t *n)
+{
+    size_t entries = 0, room;
+    struct rrpc_kv *grown;
+    /* an empty table fits an array with no room for the common parameters */
+    if (g->params_room > V1_COMMON_PARAMS &&
+        rrpc_collect_params_into(L, params, "params", g->params, g->params_room,
+                                 V1_COMMON_PARAMS, n))
+        return;
+    lua_pushnil(L);
+    while (lua_next(L, params)) {
+        entries++;
+        lua_pop(L, 1);
+    }
+    room = entries + V1_COMMON_PARAMS + 1;
+    grown = realloc(g->params, room * sizeof *grown);
+    if (grown == NULL)
+        luaL_error(L, "out of memory reading parameters");
+    g->params = grown;
+    g->params_room = room;
+    /* the same table, unchanged: it fits now */
+    rrpc_collect_params_into(L, params, "params", g->params, g->params_room, V1_COMMON_PARAMS, n);
 }
 
 void rrpc_sign_with(lua_State *L, int signer, int action, int params, struct rrpc_signed *out)
 {
     struct signer *g = luaL_checkudata(L, signer, RRPC_SIGNER_MT);
-    struct rrpc_kv few[PARAMS_ON_STACK];
     struct request r;
     if (g->keyed == NULL)
         luaL_error(L, "attempt to use a released rrpc signer");
     memset(&r, 0, sizeof r);
     r.out = out;
+    r.text = &g->text;
     r.endpoint = g->endpoint;
     r.host = g->host;
     r.version = g->version;
@@ -359,10 +403,8 @@ void rrpc_sign_with(lua_State *L, int signer, int action, int params, struct rrp
     r.action = rrpc_checkstring(L, action, NULL);
     luaL_checktype(L, params, LUA_TTABLE);
     draw_fresh(L, &r);
-    if (rrpc_collect_params_into(L, params, "params", few, PARAMS_ON_STACK, V1_COMMON_PARAMS, &r.n))
-        r.params = few;
-    else
-        r.params = rrpc_collect_params(L, params, "params", V1_COMMON_PARAMS, &r.n);
+    collect_signer_params(L, g, params, &r.n);
+    r.params = g->params;
     sign_request(L, &r);
 }
 
@@ -431,6 +473,8 @@ int l_signer(lua_State *L)
         return luaL_error(L, "cannot key an HMAC with the secret");
     if (!g->v1 && (g->hashing = rrpc_sha256_context()) == NULL)
         return luaL_error(L, "cannot make a SHA-256 context");
+    if (!rrpc_text_open(&g->text))
+        return luaL_error(L, "out of memory");
     lua_settop(L, 2);
     return 1;
 }
@@ -442,6 +486,10 @@ static int signer_close(lua_State *L)
     g->keyed = NULL;
     EVP_MD_CTX_free(g->hashing);
     g->hashing = NULL;
+    rrpc_text_free(&g->text); /* cleansed: its last request's canonical form */
+    free(g->params);
+    g->params = NULL;
+    g->params_room = 0;
     /* the security token is among the copies */
     OPENSSL_clear_free(g->endpoint, g->text_len);
     g->endpoint = NULL;

@@ -3,6 +3,7 @@
 #define RRPC_H
 
 #include <stddef.h>
+#include <string.h>
 #include <openssl/types.h>
 #include "compat.h"
 #include "class.h"
@@ -31,7 +32,58 @@ static inline const char *rrpc_checkstring(lua_State *L, int i, size_t *n)
 }
 
 /* codec.c */
-void rrpc_percent_encode(luaL_Buffer *b, const char *s, size_t n);
+/* A text in C memory, grown as it is written and kept for the next (a signer's requests),
+ * so that signing makes no Lua string it throws away. A write that cannot grow it sets
+ * `failed`, and nothing written after means anything: the caller checks once, at the end.
+ * Freed (and its old blocks) cleansed: it holds security tokens. */
+struct rrpc_text {
+    char *data;
+    size_t len, cap;
+    int failed;
+};
+/* Part of a text, by offset: it stays valid as the text grows. */
+struct rrpc_span {
+    size_t at, len;
+};
+/* Gives a text (zeroed) its first block, 0 when it cannot: a text in use always has one,
+ * so that its data plus an offset is defined even while it is empty. */
+int rrpc_text_open(struct rrpc_text *t);
+int rrpc_text_reserve(struct rrpc_text *t, size_t more); /* 0: failed */
+/* inline: signing writes many short pieces, most of them into room the text already has */
+static inline void rrpc_text_add(struct rrpc_text *t, const char *s, size_t n)
+{
+    if (n > 0 && (n <= t->cap - t->len || rrpc_text_reserve(t, n))) {
+        memcpy(t->data + t->len, s, n);
+        t->len += n;
+    }
+}
+static inline void rrpc_text_add_string(struct rrpc_text *t, const char *s)
+{
+    rrpc_text_add(t, s, strlen(s));
+}
+static inline void rrpc_text_add_char(struct rrpc_text *t, char c)
+{
+    if (t->len < t->cap || rrpc_text_reserve(t, 1))
+        t->data[t->len++] = c;
+}
+/* The part of t from `at` to its end. */
+static inline struct rrpc_span rrpc_text_since(const struct rrpc_text *t, size_t at)
+{
+    struct rrpc_span part;
+    part.at = at;
+    part.len = t->len - at;
+    return part;
+}
+/* Appends a part of t to t (the room made first: growing moves the part). */
+static inline void rrpc_text_add_span(struct rrpc_text *t, struct rrpc_span part)
+{
+    if (rrpc_text_reserve(t, part.len))
+        rrpc_text_add(t, t->data + part.at, part.len);
+}
+void rrpc_text_percent_encode(struct rrpc_text *t, const char *s, size_t n);
+void rrpc_text_free(struct rrpc_text *t);
+/* A text for one call of a Lua function: a userdata, freed by the GC whatever is raised. */
+struct rrpc_text *rrpc_push_text(lua_State *L);
 void rrpc_push_b64encode(lua_State *L, const unsigned char *s, size_t n);
 int rrpc_push_b64decode(lua_State *L, const char *s, size_t n);
 void rrpc_hex(const unsigned char *in, size_t n, char *out);
@@ -60,7 +112,8 @@ int l_sign_v3(lua_State *L);
 
 /* request.c */
 /* A signed request: the headers it sends (V3: eight signed ones and Authorization), its
- * URL and body; the strings live on the Lua stack or in the buffers here. */
+ * URL and body; the strings live in the signer's text (until its next request), on the
+ * Lua stack, or in the buffers here. */
 #define RRPC_SIGNED_HEADERS 9
 struct rrpc_signed {
     const char *url, *body;
@@ -69,7 +122,8 @@ struct rrpc_signed {
     char nonce[33], timestamp[21], body_sha[65];
 };
 /* Signs action with params (a table) using the signer at stack index signer, with a
- * fresh nonce and the time; pushes the values that keep out's strings alive. */
+ * fresh nonce and the time, into the signer's text; pushes only the text of number
+ * parameters. */
 void rrpc_sign_with(lua_State *L, int signer, int action, int params, struct rrpc_signed *out);
 extern const struct rrpc_class rrpc_signer_class;
 int l_signer(lua_State *L);

@@ -4,11 +4,11 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include "sign.h"
 
-#define V3_ALGORITHM "ACS3-HMAC-SHA256"
 #define MAX_HEADER_NAME 128
 
 int rrpc_kv_cmp(const void *a, const void *b)
@@ -105,8 +105,8 @@ int rrpc_collect_params_into(lua_State *L, int t, const char *what, struct rrpc_
     return 1;
 }
 
-void rrpc_add_canonical_query(luaL_Buffer *b, const struct rrpc_kv *a, size_t n,
-                               const char *skip)
+void rrpc_add_canonical_query(struct rrpc_text *t, const struct rrpc_kv *a, size_t n,
+                              const char *skip)
 {
     size_t i;
     int first = 1;
@@ -114,49 +114,59 @@ void rrpc_add_canonical_query(luaL_Buffer *b, const struct rrpc_kv *a, size_t n,
         if (skip != NULL && a[i].kl == strlen(skip) && memcmp(a[i].k, skip, a[i].kl) == 0)
             continue;
         if (!first)
-            luaL_addchar(b, '&');
+            rrpc_text_add_char(t, '&');
         first = 0;
-        rrpc_percent_encode(b, a[i].k, a[i].kl);
-        luaL_addchar(b, '=');
-        rrpc_percent_encode(b, a[i].v, a[i].vl);
+        rrpc_text_percent_encode(t, a[i].k, a[i].kl);
+        rrpc_text_add_char(t, '=');
+        rrpc_text_percent_encode(t, a[i].v, a[i].vl);
     }
 }
 
-/* Pushes the canonicalized query string, the string to sign and the signature. */
-void rrpc_push_v1(lua_State *L, const char *method, size_t ml, const struct rrpc_kv *p,
-                  size_t n, const char *secret, size_t sl, EVP_MAC_CTX *keyed)
+/* A part of t percent-encoded onto t: the room first, as growing moves the part. */
+static void percent_encode_span(struct rrpc_text *t, struct rrpc_span part)
 {
-    luaL_Buffer b;
-    const char *cqs, *sts, *key;
-    size_t cl, tl, kl;
+    if (part.len <= ((size_t)-1) / 3 && rrpc_text_reserve(t, 3 * part.len))
+        rrpc_text_percent_encode(t, t->data + part.at, part.len);
+    else
+        t->failed = 1;
+}
+
+int rrpc_sign_v1_text(struct rrpc_text *t, const char *method, size_t ml,
+                      const struct rrpc_kv *p, size_t n, const char *secret, size_t sl,
+                      EVP_MAC_CTX *keyed, struct rrpc_v1_signed *out)
+{
     unsigned char md[EVP_MAX_MD_SIZE];
-    size_t mdl = 0;
+    size_t mdl = 0, at = t->len;
+    int ok;
 
-    luaL_buffinit(L, &b);
-    rrpc_add_canonical_query(&b, p, n, "Signature");
-    luaL_pushresult(&b);
-    cqs = lua_tolstring(L, -1, &cl);
-
-    luaL_buffinit(L, &b);
-    luaL_addlstring(&b, method, ml);
-    luaL_addstring(&b, "&%2F&");
-    rrpc_percent_encode(&b, cqs, cl);
-    luaL_pushresult(&b);
-    sts = lua_tolstring(L, -1, &tl);
+    rrpc_add_canonical_query(t, p, n, "Signature");
+    out->canonical_query = rrpc_text_since(t, at);
+    at = t->len;
+    rrpc_text_add(t, method, ml);
+    rrpc_text_add_string(t, "&%2F&");
+    percent_encode_span(t, out->canonical_query);
+    out->string_to_sign = rrpc_text_since(t, at);
+    if (t->failed)
+        return 1; /* the caller reports the text's failure */
 
     if (keyed != NULL) {
-        if (!rrpc_hmac_keyed(keyed, sts, tl, md, &mdl))
-            luaL_error(L, "cannot compute HMAC-SHA1");
-    } else {
-        lua_pushlstring(L, secret, sl);
-        lua_pushliteral(L, "&");
-        lua_concat(L, 2);
-        key = lua_tolstring(L, -1, &kl);
-        if (!rrpc_hmac(RRPC_HMAC_SHA1, key, kl, sts, tl, md, &mdl))
-            luaL_error(L, "cannot compute HMAC-SHA1");
-        lua_pop(L, 1);
+        ok = rrpc_hmac_keyed(keyed, t->data + out->string_to_sign.at, out->string_to_sign.len,
+                             md, &mdl);
+    } else { /* the key, secret&, after the text for a moment, then wiped */
+        at = t->len;
+        rrpc_text_add(t, secret, sl);
+        rrpc_text_add_char(t, '&');
+        if (t->failed)
+            return 1;
+        ok = rrpc_hmac(RRPC_HMAC_SHA1, t->data + at, sl + 1, t->data + out->string_to_sign.at,
+                       out->string_to_sign.len, md, &mdl);
+        OPENSSL_cleanse(t->data + at, sl + 1);
+        t->len = at;
     }
-    rrpc_push_b64encode(L, md, mdl);
+    if (!ok || mdl != 20)
+        return 0;
+    EVP_EncodeBlock((unsigned char *)out->signature, md, (int)mdl);
+    return 1;
 }
 
 static int is_v3_signed_header(const char *name, size_t n)
@@ -166,7 +176,7 @@ static int is_v3_signed_header(const char *name, size_t n)
            (n > 6 && memcmp(name, "x-acs-", 6) == 0);
 }
 
-static void add_trimmed(luaL_Buffer *b, const char *s, size_t n)
+static void add_trimmed(struct rrpc_text *t, const char *s, size_t n)
 {
     while (n > 0 && (*s == ' ' || *s == '\t')) {
         s++;
@@ -174,69 +184,82 @@ static void add_trimmed(luaL_Buffer *b, const char *s, size_t n)
     }
     while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
         n--;
-    luaL_addlstring(b, s, n);
+    rrpc_text_add(t, s, n);
 }
 
-static void add_signed_headers(luaL_Buffer *b, const struct rrpc_kv *h, size_t nh)
+static void add_signed_headers(struct rrpc_text *t, const struct rrpc_kv *h, size_t nh)
 {
     size_t i;
     for (i = 0; i < nh; i++) {
         if (i > 0)
-            luaL_addchar(b, ';');
-        luaL_addlstring(b, h[i].k, h[i].kl);
+            rrpc_text_add_char(t, ';');
+        rrpc_text_add(t, h[i].k, h[i].kl);
     }
 }
 
-/* h: lower-case names, sorted, only the signed ones. Pushes the canonical request, the
- * string to sign and the Authorization value. */
-void rrpc_push_v3(lua_State *L, const char *method, const char *path, const char *cq,
-                  size_t cql, const struct rrpc_kv *h, size_t nh, const char *body_sha256,
-                  const char *key_id, const char *secret, size_t sl, EVP_MAC_CTX *keyed,
-                  EVP_MD_CTX *hashing)
+int rrpc_sign_v3_text(struct rrpc_text *t, const char *method, const char *path,
+                      struct rrpc_span cq, const struct rrpc_kv *h, size_t nh,
+                      const char *body_sha256, const char *key_id, const char *secret,
+                      size_t sl, EVP_MAC_CTX *keyed, EVP_MD_CTX *hashing,
+                      struct rrpc_v3_signed *out)
 {
-    luaL_Buffer b;
-    const char *creq, *sts;
-    size_t crl, tl, i;
-    char hash[65], signature[2 * EVP_MAX_MD_SIZE + 1];
+    size_t i, at = t->len, tl;
+    char signature[2 * EVP_MAX_MD_SIZE + 1];
     unsigned char md[EVP_MAX_MD_SIZE];
     size_t mdl = 0;
 
-    luaL_buffinit(L, &b);
-    luaL_addstring(&b, method);
-    luaL_addchar(&b, '\n');
-    luaL_addstring(&b, path);
-    luaL_addchar(&b, '\n');
-    luaL_addlstring(&b, cq, cql);
-    luaL_addchar(&b, '\n');
+    rrpc_text_add_string(t, method);
+    rrpc_text_add_char(t, '\n');
+    rrpc_text_add_string(t, path);
+    rrpc_text_add_char(t, '\n');
+    rrpc_text_add_span(t, cq);
+    rrpc_text_add_char(t, '\n');
     for (i = 0; i < nh; i++) {
-        luaL_addlstring(&b, h[i].k, h[i].kl);
-        luaL_addchar(&b, ':');
-        add_trimmed(&b, h[i].v, h[i].vl);
-        luaL_addchar(&b, '\n');
+        rrpc_text_add(t, h[i].k, h[i].kl);
+        rrpc_text_add_char(t, ':');
+        add_trimmed(t, h[i].v, h[i].vl);
+        rrpc_text_add_char(t, '\n');
     }
-    luaL_addchar(&b, '\n');
-    add_signed_headers(&b, h, nh);
-    luaL_addchar(&b, '\n');
-    luaL_addstring(&b, body_sha256);
-    luaL_pushresult(&b);
-    creq = lua_tolstring(L, -1, &crl);
+    rrpc_text_add_char(t, '\n');
+    add_signed_headers(t, h, nh);
+    rrpc_text_add_char(t, '\n');
+    rrpc_text_add_string(t, body_sha256);
+    out->canonical_request = rrpc_text_since(t, at);
+    if (t->failed)
+        return 1; /* the caller reports the text's failure */
 
-    rrpc_sha256_hex(hashing, creq, crl, hash);
-    sts = lua_pushfstring(L, V3_ALGORITHM "\n%s", hash);
-    tl = strlen(sts);
-    if (!(keyed != NULL ? rrpc_hmac_keyed(keyed, sts, tl, md, &mdl)
-                        : rrpc_hmac(RRPC_HMAC_SHA256, secret, sl, sts, tl, md, &mdl)))
-        luaL_error(L, "cannot compute HMAC-SHA256");
+    memcpy(out->string_to_sign, V3_ALGORITHM "\n", sizeof V3_ALGORITHM);
+    rrpc_sha256_hex(hashing, t->data + at, out->canonical_request.len,
+                    out->string_to_sign + sizeof V3_ALGORITHM);
+    tl = strlen(out->string_to_sign);
+    if (!(keyed != NULL ? rrpc_hmac_keyed(keyed, out->string_to_sign, tl, md, &mdl)
+                        : rrpc_hmac(RRPC_HMAC_SHA256, secret, sl, out->string_to_sign, tl, md, &mdl)))
+        return 0;
     rrpc_hex(md, mdl, signature);
 
-    luaL_buffinit(L, &b);
-    luaL_addstring(&b, V3_ALGORITHM " Credential=");
-    luaL_addstring(&b, key_id);
-    luaL_addstring(&b, ",SignedHeaders=");
-    add_signed_headers(&b, h, nh);
-    luaL_addstring(&b, ",Signature=");
-    luaL_addstring(&b, signature);
-    luaL_pushresult(&b);
+    at = t->len;
+    rrpc_text_add_string(t, V3_ALGORITHM " Credential=");
+    rrpc_text_add_string(t, key_id);
+    rrpc_text_add_string(t, ",SignedHeaders=");
+    add_signed_headers(t, h, nh);
+    rrpc_text_add_string(t, ",Signature=");
+    rrpc_text_add_string(t, signature);
+    out->authorization = rrpc_text_since(t, at);
+    return 1;
+}
+
+/* Raises when signing into t failed. */
+static void check_signed(lua_State *L, const struct rrpc_text *t, int ok, const char *mac)
+{
+    if (t->failed)
+        luaL_error(L, "out of memory signing a request");
+    if (!ok)
+        luaL_error(L, "cannot compute %s", mac);
+}
+
+static void push_span(lua_State *L, const struct rrpc_text *t, struct rrpc_span s)
+{
+    lua_pushlstring(L, t->data + s.at, s.len);
 }
 
 int l_sign_v1(lua_State *L)
@@ -245,13 +268,19 @@ int l_sign_v1(lua_State *L)
     const char *method = rrpc_checkstring(L, 1, &ml);
     const char *secret;
     struct rrpc_kv *p;
+    struct rrpc_text *t;
+    struct rrpc_v1_signed v1;
+    int ok;
     luaL_checktype(L, 2, LUA_TTABLE);
     secret = rrpc_checkstring(L, 3, &sl);
     p = rrpc_collect_params(L, 2, "params", 0, &n);
     qsort(p, n, sizeof *p, rrpc_kv_cmp);
-    rrpc_push_v1(L, method, ml, p, n, secret, sl, NULL); /* cqs, sts, signature */
-    lua_insert(L, -2);
-    return 2; /* signature, string_to_sign */
+    t = rrpc_push_text(L);
+    ok = rrpc_sign_v1_text(t, method, ml, p, n, secret, sl, NULL, &v1);
+    check_signed(L, t, ok, "HMAC-SHA1");
+    lua_pushstring(L, v1.signature);
+    push_span(L, t, v1.string_to_sign);
+    return 2;
 }
 
 const char *rrpc_opt_string(lua_State *L, int t, const char *field, const char *def)
@@ -352,15 +381,17 @@ int l_sign_v3(lua_State *L)
         rrpc_kv_set(&h[kept++], "x-acs-content-sha256", body_sha);
     qsort(h, kept, sizeof *h, rrpc_kv_cmp);
 
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    rrpc_add_canonical_query(&b, q, nq, NULL);
-    luaL_pushresult(&b);
     {
-        size_t cql;
-        const char *cq = lua_tolstring(L, -1, &cql);
-        rrpc_push_v3(L, method, path, cq, cql, h, kept, body_sha, key_id, secret, sl, NULL, NULL);
+        struct rrpc_text *t = rrpc_push_text(L);
+        struct rrpc_v3_signed v3;
+        int ok;
+        rrpc_add_canonical_query(t, q, nq, NULL);
+        ok = rrpc_sign_v3_text(t, method, path, rrpc_text_since(t, 0), h, kept, body_sha, key_id, secret,
+                               sl, NULL, NULL, &v3);
+        check_signed(L, t, ok, "HMAC-SHA256");
+        push_span(L, t, v3.authorization);
+        push_span(L, t, v3.canonical_request);
+        lua_pushstring(L, v3.string_to_sign);
     }
-    lua_insert(L, -3); /* authorization, canonical_request, string_to_sign */
-    return 3;
+    return 3; /* authorization, canonical_request, string_to_sign */
 }
