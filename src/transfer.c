@@ -320,6 +320,7 @@ void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int
     {
         CURL *e = t->easy;
         const char *failed = NULL;
+        t->signed_url_len = 0;
         SET(CURLOPT_URL, url, "url");
         SET(CURLOPT_HTTPHEADER, list, "headers");
         SET(CURLOPT_TIMEOUT_MS, timeout_ms, "timeout");
@@ -359,7 +360,7 @@ void rrpc_transfer_prepare_signed(lua_State *L, struct rrpc_transfer *t, const s
                                   long timeout_ms)
 {
     size_t need = s->url_len + 1 + s->body_len + 1, i, n = 0, unsent = UNSENT_COUNT;
-    int has_type = 0;
+    int has_type = 0, same_url;
     char *p, *url, *body;
     for (i = 0; i < s->nh; i++) {
         need += s->headers[i].kl + 2 + s->headers[i].vl + 1;
@@ -370,6 +371,7 @@ void rrpc_transfer_prepare_signed(lua_State *L, struct rrpc_transfer *t, const s
     for (i = 0; i < unsent; i++)
         need += strlen(UNSENT[i]) + 1;
     rrpc_transfer_release(t); /* the answer of the call before */
+    same_url = t->signed_url_len == s->url_len && memcmp(t->request.data, s->url, s->url_len) == 0;
     if (need > t->request.cap || t->request.cap > KEEP_BUFFER_BYTES) {
         char *grown = realloc(t->request.data, need);
         if (grown == NULL)
@@ -403,7 +405,12 @@ void rrpc_transfer_prepare_signed(lua_State *L, struct rrpc_transfer *t, const s
     {
         CURL *e = t->easy;
         const char *failed = NULL;
-        SET(CURLOPT_URL, url, "url");
+        if (!same_url) {
+            t->signed_url_len = 0; /* until libcurl has taken it */
+            SET(CURLOPT_URL, url, "url");
+            if (failed == NULL)
+                t->signed_url_len = s->url_len;
+        }
         SET(CURLOPT_HTTPHEADER, t->lines, "headers");
         SET(CURLOPT_TIMEOUT_MS, timeout_ms, "timeout");
         SET(CURLOPT_POST, 1L, "method");

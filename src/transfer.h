@@ -55,6 +55,10 @@ struct rrpc_transfer {
      * buffer, kept from call to call, and the list that points into it */
     struct rrpc_buffer request;
     struct curl_slist lines[RRPC_SIGNED_HEADERS + 4];
+    /* the length of the URL libcurl has, when it is the one at the start of `request`
+     * (the last signed request's), or 0: a signer's next URL is most often the same, and
+     * setting it makes libcurl copy it again */
+    size_t signed_url_len;
     struct rrpc_buffer body, head;
     const struct rrpc_options *options;
     int too_large, over_budget;
