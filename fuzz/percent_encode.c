@@ -1,4 +1,4 @@
-/* libFuzzer: rrpc_percent_encode (codec.c) and rrpc.core.percent_encode on any bytes.
+/* libFuzzer: rrpc_text_percent_encode (codec.c) and rrpc.core.percent_encode on any bytes.
  *
  * Properties (ALIBABA-API.md section 2):
  * - the output holds only unreserved bytes (A-Z a-z 0-9 - _ . ~) and %XY with upper-case
@@ -15,10 +15,11 @@ struct input {
 static int encode(lua_State *L)
 {
     const struct input *in = lua_touserdata(L, 1);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    rrpc_percent_encode(&b, in->s, in->n);
-    luaL_pushresult(&b);
+    struct rrpc_text *t = rrpc_push_text(L);
+    rrpc_text_percent_encode(t, in->s, in->n);
+    if (t->failed)
+        return luaL_error(L, "out of memory encoding %d bytes", (int)in->n);
+    lua_pushlstring(L, t->data, t->len);
     return 1;
 }
 
@@ -64,6 +65,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(lua_pcall(L, 1, 1, 0) == LUA_OK, "percent_encode raised: %s", lua_tostring(L, -1));
     via_lua = lua_tolstring(L, -1, &vn);
     CHECK(via_lua != NULL && vn == n && memcmp(via_lua, out, n) == 0,
-          "rrpc.core.percent_encode differs from rrpc_percent_encode");
+          "rrpc.core.percent_encode differs from rrpc_text_percent_encode");
     return fuzz_close(L);
 }
