@@ -157,7 +157,8 @@ function Run:send(call, now)
     return
   end
   -- A token names a call in flight to the pool; a finished call's is given to the next,
-  -- so in_flight stays an array of at most `concurrency` slots, never rehashed.
+  -- so in_flight stays an array of at most `concurrency` slots, not a hash of ever-growing
+  -- keys that is rebuilt every few thousand calls.
   local free = self.free_tokens
   local token = free[#free]
   if token then

@@ -30,7 +30,7 @@ local function described(value)
 end
 
 -- Each list of fields read once into three slots a field: its name, the Lua type that is
--- enough for its kind (a string or boolean field's; nil for the digits, which its check
+-- enough for its kind (a string or boolean field's; false for the digits, which its check
 -- reads), and its kind.
 local function flattened(fields)
   local flat = {}
