@@ -29,6 +29,8 @@ local MAX_WAIT_MS = limits.MAX_WAIT_MS
 local Run = {}
 Run.__index = Run
 
+local rrpc_call, signer_of, interpret = client.rrpc_call, client.signer, client.interpret
+
 local function source_of(fname, requests, level)
   if type(requests) == "table" then
     local i, n = 0, #requests
@@ -74,13 +76,17 @@ local function start(c, requests, opts, fname, level)
   }, Run)
 end
 
+-- The run's steps are local functions, not methods: a batch takes each of them for every
+-- call, and a method costs three table lookups before its call.
+
 -- call: the request's (nil for one never read as a call); its timings feed on_call.
-function Run:record(index, res, err, attempts, call)
+local function record(self, index, res, err, attempts, call)
   local outcome = res or err
   outcome.attempts = attempts
-  if self.p.on_call then
+  local p = self.p
+  if p.on_call then
     local now = core.monotime()
-    client.call_over(self.p, call, res, err, attempts, call and now - call.read_at or 0,
+    client.call_over(p, call, res, err, attempts, call and now - call.read_at or 0,
       call and call.quota_wait or 0)
   end
   local s = self.stats
@@ -97,15 +103,15 @@ function Run:record(index, res, err, attempts, call)
   end
   s.by_code[code] = (s.by_code[code] or 0) + 1
   -- three slots an outcome, rather than a table each
-  local at = 3 * self.last_outcome
-  self.last_outcome = self.last_outcome + 1
-  local outcomes = self.outcomes
+  local last = self.last_outcome
+  self.last_outcome = last + 1
+  local outcomes, at = self.outcomes, 3 * last
   outcomes[at + 1], outcomes[at + 2], outcomes[at + 3] = index, res or false, err or false
 end
 
 -- Reads the next request as a call, which is also what the run keeps of it (its index,
 -- attempts and timings); a malformed one becomes an "invalid" outcome right away.
-function Run:read_next()
+local function read_next(self)
   while true do
     local request = self.next_request()
     if request == nil then
@@ -113,16 +119,18 @@ function Run:read_next()
       self.total = self.read
       return nil
     end
-    self.read = self.read + 1
-    if self.defaults and type(request) == "table" then
+    local read = self.read + 1
+    self.read = read
+    local defaults = self.defaults
+    if defaults and type(request) == "table" then
       local merged = {}
-      for k, v in pairs(self.defaults) do merged[k] = v end
+      for k, v in pairs(defaults) do merged[k] = v end
       for k, v in pairs(request) do merged[k] = v end
       request = merged
     end
-    local call, problem = client.rrpc_call(self.client, request)
+    local call, problem = rrpc_call(self.client, request)
     if call then
-      call.index, call.attempts = self.read, 0
+      call.index, call.attempts = read, 0
       if self.p.on_call then call.read_at = core.monotime() end -- for the hook's durations
       return call
     end
@@ -131,38 +139,43 @@ function Run:read_next()
     local pseudo = { action = "RRpc", read_at = core.monotime(), params = {
       ProductKey = type(named.product_key) == "string" and named.product_key or nil,
       DeviceName = type(named.device_name) == "string" and named.device_name or nil } }
-    self:record(self.read, nil, errors.new { kind = "invalid", code = "InvalidArgument",
+    record(self, self.read, nil, errors.new { kind = "invalid", code = "InvalidArgument",
       message = ("request #%d: %s"):format(self.read, problem.message), option = problem.option,
       delivered = "no" }, 0, pseudo)
   end
 end
 
-function Run:send(call, now)
-  if call.held_at then -- it waited for the rate limit
-    call.quota_wait = (call.quota_wait or 0) + (now - call.held_at)
+local settle
+
+local function send(self, call, now)
+  local held_at = call.held_at
+  if held_at then -- it waited for the rate limit
+    call.quota_wait = (call.quota_wait or 0) + (now - held_at)
     call.held_at = nil
   end
-  if call.attempts == 0 then client.call_started(self.p, call) end
-  call.attempts = call.attempts + 1
+  local attempts, p = call.attempts, self.p
+  if attempts == 0 then client.call_started(p, call) end
+  call.attempts = attempts + 1
   local pool = self.pool
   local signer, url, headers, body, err
   if pool.add_signed then
-    signer, err = client.signer(self.client, self.p)
+    signer, err = signer_of(self.client, p)
   else
-    url, headers, body = client.sign(self.client, self.p, call)
+    url, headers, body = client.sign(self.client, p, call)
     err = headers
   end
   if not (signer or url) then -- no credentials now: settled like any failure, retried if the policy says so
-    self:settle(call, nil, err, core.monotime())
+    settle(self, call, nil, err, core.monotime())
     return
   end
   -- A token names a call in flight to the pool; a finished call's is given to the next,
   -- so in_flight stays an array of at most `concurrency` slots, not a hash of ever-growing
   -- keys that is rebuilt every few thousand calls.
   local free = self.free_tokens
-  local token = free[#free]
+  local free_count = #free
+  local token = free[free_count]
   if token then
-    free[#free] = nil
+    free[free_count] = nil
   else
     self.tokens = self.tokens + 1
     token = self.tokens
@@ -178,24 +191,25 @@ end
 
 -- Starts calls while there is room, work and quota; returns seconds until the limiter
 -- allows the next one, or nil.
-function Run:fill(now)
-  while self.in_flight_count < self.concurrency do
+local function fill(self, now)
+  local concurrency, limiter, waiting = self.concurrency, self.limiter, self.waiting
+  while self.in_flight_count < concurrency do
     local call = self.held
     self.held = nil
-    if not call and self.waiting[1] and self.waiting[1].due <= now then
-      call = table.remove(self.waiting, 1)
+    if not call and waiting[1] and waiting[1].due <= now then
+      call = table.remove(waiting, 1)
     end
     if not call and not self.exhausted then
-      call = self:read_next()
+      call = read_next(self)
     end
     if not call then return nil end
-    local wait = self.limiter:take(now)
+    local wait = limiter:take(now)
     if wait > 0 then
       self.held = call
       call.held_at = call.held_at or now
       return wait
     end
-    self:send(call, now)
+    send(self, call, now)
   end
 end
 
@@ -205,34 +219,38 @@ local function insert_by_due(list, call)
   table.insert(list, i + 1, call)
 end
 
-function Run:complete(c, now)
-  local call = self.in_flight[c.token]
-  self.in_flight[c.token] = nil
-  self.free_tokens[#self.free_tokens + 1] = c.token
+local function complete(self, c, now)
+  local token, in_flight, free = c.token, self.in_flight, self.free_tokens
+  local call = in_flight[token]
+  in_flight[token] = nil
+  free[#free + 1] = token
   self.in_flight_count = self.in_flight_count - 1
   local res, err
-  if c.status then
-    res, err = client.interpret(self.p, call, c.status, c.headers, c.body)
+  local status = c.status
+  if status then
+    res, err = interpret(self.p, call, status, c.headers, c.body)
   else
     err = c.err
   end
-  self:settle(call, res, err, now)
+  settle(self, call, res, err, now)
 end
 
 -- An attempt's outcome: final, or the call waits for its retry.
-function Run:settle(call, res, err, now)
-  local policy = call.retry
-  if policy == nil then policy = self.policy end
-  if err and policy and not self.stopping then
-    local delay = policy:delay(err, call.attempts)
-    if delay and not (self.deadline and now + delay / 1000 >= self.deadline) then
-      call.due, call.err = now + delay / 1000, err
-      insert_by_due(self.waiting, call)
-      self.stats.retried = self.stats.retried + 1
-      return
+function settle(self, call, res, err, now)
+  if err then
+    local policy = call.retry
+    if policy == nil then policy = self.policy end
+    if policy and not self.stopping then
+      local delay = policy:delay(err, call.attempts)
+      if delay and not (self.deadline and now + delay / 1000 >= self.deadline) then
+        call.due, call.err = now + delay / 1000, err
+        insert_by_due(self.waiting, call)
+        self.stats.retried = self.stats.retried + 1
+        return
+      end
     end
   end
-  self:record(call.index, res, err, call.attempts, call)
+  record(self, call.index, res, err, call.attempts, call)
 end
 
 local function deadline_error(delivered)
@@ -251,7 +269,7 @@ end
 function Run:drop_in_flight(dropped)
   for token, call in pairs(self.in_flight) do
     self.pool:cancel(token)
-    self:record(call.index, nil, dropped(), call.attempts, call)
+    record(self, call.index, nil, dropped(), call.attempts, call)
   end
   self:forget_in_flight()
 end
@@ -263,16 +281,16 @@ function Run:settle_unsent(unsent)
   local held = self.held
   if held then
     self.held = nil
-    self:record(held.index, nil, held.err or unsent(), held.attempts, held)
+    record(self, held.index, nil, held.err or unsent(), held.attempts, held)
   end
   for _, call in ipairs(self.waiting) do
-    self:record(call.index, nil, call.err, call.attempts, call)
+    record(self, call.index, nil, call.err, call.attempts, call)
   end
   self.waiting = {}
   if not self.exhausted and self.total then
     while self.next_request() ~= nil do
       self.read = self.read + 1
-      self:record(self.read, nil, unsent(), 0)
+      record(self, self.read, nil, unsent(), 0)
     end
   end
   self.exhausted = true
@@ -313,7 +331,7 @@ function Run:stop(mode)
 end
 
 -- Asks the caller's should_stop (once cancelled, there is nothing left to stop).
-function Run:check_stop()
+local function check_stop(self)
   if not self.should_stop or self.stopping == "cancel" then return end
   self.stats.in_flight = self.in_flight_count
   local mode = self.should_stop(self.stats)
@@ -325,11 +343,11 @@ function Run:check_stop()
   self:stop(mode)
 end
 
-function Run:finished()
+local function finished(self)
   return self.exhausted and self.in_flight_count == 0 and not self.held and #self.waiting == 0
 end
 
-function Run:progress(now, final)
+local function progress(self, now, final)
   if self.on_progress and (final or now - self.last_progress >= PROGRESS_INTERVAL) then
     self.last_progress = now
     self.stats.in_flight = self.in_flight_count
@@ -340,12 +358,12 @@ end
 -- Drives the calls until an outcome is ready; returns index, res, err or nil at the end.
 function Run:next_outcome()
   while self.first_outcome > self.last_outcome do
-    self:check_stop()
+    check_stop(self)
     if self.first_outcome <= self.last_outcome then break end
-    if self:finished() then
+    if finished(self) then
       if not self.reported_end then
         self.reported_end = true
-        self:progress(core.monotime(), true)
+        progress(self, core.monotime(), true)
       end
       return nil
     end
@@ -353,8 +371,8 @@ function Run:next_outcome()
     if self.deadline and now >= self.deadline then
       self:expire()
     else
-      local limit_wait = self:fill(now)
-      if self.first_outcome > self.last_outcome and not self:finished() then
+      local limit_wait = fill(self, now)
+      if self.first_outcome > self.last_outcome and not finished(self) then
         local wait = MAX_WAIT_MS / 1000
         if limit_wait and limit_wait < wait then wait = limit_wait end
         local retry_at = self.waiting[1] and self.waiting[1].due
@@ -362,8 +380,8 @@ function Run:next_outcome()
         if self.deadline and self.deadline - now < wait then wait = self.deadline - now end
         local completions = self.pool:run(math.max(1, math.ceil(wait * 1000)))
         now = core.monotime()
-        for _, c in ipairs(completions) do self:complete(c, now) end
-        self:progress(now)
+        for i = 1, #completions do complete(self, completions[i], now) end
+        progress(self, now)
       end
     end
   end
