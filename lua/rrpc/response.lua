@@ -6,6 +6,8 @@ local json_null = require("cjson").null
 
 local response = {}
 
+local type, next = type, next -- read for every answer: upvalues, not lookups in _ENV
+
 -- What the fields of the platform's answers must be. A field of another type means the
 -- answer is not the platform's, whatever else it says; JSON null counts as absent.
 local FIELD_KINDS = {
@@ -29,40 +31,44 @@ local function described(value)
   return type(value)
 end
 
--- Each list of fields read once into three slots a field: its name, the Lua type that is
--- enough for its kind (a string or boolean field's; false for the digits, which its check
--- reads), and its kind.
-local function flattened(fields)
-  local flat = {}
-  for _, field in ipairs(fields) do
-    local kind = field[2]
-    flat[#flat + 1] = field[1]
-    flat[#flat + 1] = (kind == "string" or kind == "boolean") and kind or false
-    flat[#flat + 1] = FIELD_KINDS[kind]
-  end
-  return flat
-end
-COMMON_FIELDS, RRPC_FIELDS = flattened(COMMON_FIELDS), flattened(RRPC_FIELDS)
-
--- Says what is wrong with the first field of `fields` that doc has of the wrong kind, or nil.
+-- Says what is wrong with the first field of `fields` that doc has of the wrong kind, or
+-- nil; a JSON null it meets is removed (absent).
 local function field_problem(doc, fields)
-  for i = 1, #fields, 3 do
-    local value = doc[fields[i]]
-    if value ~= nil and type(value) ~= fields[i + 1] then
-      local kind = fields[i + 2]
-      if value == json_null then
-        doc[fields[i]] = nil
-      elseif not kind.check(value) then
-        return ("field '%s' must be %s, got %s"):format(fields[i], kind.named, described(value))
-      end
+  for _, field in ipairs(fields) do
+    local name, kind = field[1], FIELD_KINDS[field[2]]
+    local value = doc[name]
+    if value == json_null then
+      doc[name] = nil
+    elseif value ~= nil and not kind.check(value) then
+      return ("field '%s' must be %s, got %s"):format(name, kind.named, described(value))
     end
   end
 end
 
+-- The Lua type each field of both lists needs (the digits are a string, checked apart).
+local LUA_TYPE_OF = {}
+for _, fields in ipairs { COMMON_FIELDS, RRPC_FIELDS } do
+  for _, field in ipairs(fields) do
+    LUA_TYPE_OF[field[1]] = field[2] == "digits" and "string" or field[2]
+  end
+end
+
+-- Whether every field of both lists that doc has is of its kind (JSON null is not): the
+-- common case, told in one pass over the fields the answer has. When it is not, the
+-- ordered checks of each list say which field is wrong.
+local function all_fields_well(doc)
+  for name, value in next, doc do
+    local want = LUA_TYPE_OF[name]
+    if want and type(value) ~= want then return false end
+  end
+  local id = doc.MessageId
+  return id == nil or FIELD_KINDS.digits.check(id)
+end
+
 --- response.rrpc(doc) --> { payload, message_id, request_id, rrpc_code } | nil, err
 -- The RRpc answer: the device's reply, or its state as an error.
-function response.rrpc(doc)
-  local problem = field_problem(doc, RRPC_FIELDS)
+function response.rrpc(doc, fields_well)
+  local problem = not fields_well and field_problem(doc, RRPC_FIELDS)
   if problem then
     return nil, errors.invalid_response(200, problem, doc.RequestId, doc.MessageId)
   end
@@ -102,7 +108,8 @@ local function read(outcome, status, headers, body)
     return nil, errors.http(status, ("HTTP %d with a body that is not the platform's JSON: %s"):format(
       status, why), request_id)
   end
-  local problem = field_problem(doc, COMMON_FIELDS)
+  local fields_well = all_fields_well(doc)
+  local problem = not fields_well and field_problem(doc, COMMON_FIELDS)
   if problem then
     return nil, errors.invalid_response(status, problem, request_id)
   end
@@ -118,7 +125,7 @@ local function read(outcome, status, headers, body)
   if status ~= 200 or doc.Success == false then
     return nil, errors.http(status, ("HTTP %d without an error code"):format(status), request_id)
   end
-  return outcome(doc)
+  return outcome(doc, fields_well)
 end
 
 --- response.interpret(outcome, status, headers, body, secrets) --> result | nil, err
@@ -126,7 +133,9 @@ end
 -- of `secrets`, in any field: the platform echoes them (a V1 SignatureDoesNotMatch shows
 -- its string to sign, which holds the token).
 function response.interpret(outcome, status, headers, body, secrets)
-  return errors.scrubbing(secrets, read, outcome, status, headers, body)
+  local res, err = read(outcome, status, headers, body)
+  if err then return nil, errors.scrub(err, secrets) end
+  return res
 end
 
 return response
