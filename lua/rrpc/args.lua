@@ -12,6 +12,9 @@
 -- "bad argument #N to 'fname' (message)", pointing at the caller's line.
 local args = {}
 
+-- the globals of the checks every call makes, as upvalues rather than lookups in _ENV
+local type, next = type, next
+
 local ARTICLE = { string = "a ", number = "a ", integer = "an ", boolean = "a ", table = "a ",
                   ["function"] = "a " }
 
@@ -54,10 +57,10 @@ end
 
 local LUA_TYPES = { string = true, number = true, boolean = true, table = true, ["function"] = true }
 
--- Each specs table, read once: its options as { name, spec, plain } sorted by name (list)
--- and by name (named), and how many are required. plain: the Lua type a value needs and
--- nothing else (no range, choices or check), so that the common case is told apart
--- without a call.
+-- Each specs table, read once: its options as { name, spec, plain, min, max } sorted by
+-- name (list) and by name (named), and how many are required. plain: the Lua type a value
+-- needs and nothing else (no range, choices or check); min and max: the range of an
+-- integer that needs nothing else. Either tells the common case apart without a call.
 local prepared_specs = setmetatable({}, { __mode = "k" })
 
 local function prepared(specs)
@@ -70,7 +73,8 @@ local function prepared(specs)
     for i, name in ipairs(names) do
       local spec = specs[name]
       local plain = LUA_TYPES[spec.type] and not (spec.range or spec.choices or spec.check) and spec.type
-      p.list[i] = { name, spec, plain or nil }
+      local range = spec.type == "integer" and not (spec.choices or spec.check) and spec.range
+      p.list[i] = { name, spec, plain or nil, range and range.min or nil, range and range.max or nil }
       p.named[name] = p.list[i]
       if spec.required then p.required = p.required + 1 end
     end
@@ -83,7 +87,7 @@ end
 -- case, before the ordered search for the problem to report.
 local function all_well(opts, p)
   local named, required = p.named, 0
-  for name, value in pairs(opts) do
+  for name, value in next, opts do
     local entry = named[name]
     if not entry then return false end
     local spec = entry[2]
@@ -91,7 +95,16 @@ local function all_well(opts, p)
       if value == "" and not spec.empty then return false end
       required = required + 1
     end
-    if type(value) ~= entry[3] and value_problem(name, value, spec) then return false end
+    if type(value) ~= entry[3] then
+      local min = entry[4]
+      if min then
+        if not (type(value) == "number" and value % 1 == 0 and value >= min and value <= entry[5]) then
+          return false
+        end
+      elseif value_problem(name, value, spec) then
+        return false
+      end
+    end
   end
   return required == p.required
 end

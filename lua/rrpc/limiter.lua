@@ -9,6 +9,7 @@ local Limiter = {}
 Limiter.__index = Limiter
 
 local WINDOW = 1.01
+local min = math.min
 
 function limiter.new(qps, burst, now)
   return setmetatable({ qps = qps, burst = burst, tokens = burst, stamp = now,
@@ -17,7 +18,7 @@ end
 
 --- limiter:peek(now) --> 0 when a call could go now (nothing counted), else seconds to wait
 function Limiter:peek(now)
-  self.tokens = math.min(self.burst, self.tokens + (now - self.stamp) * self.qps)
+  self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.qps)
   self.stamp = now
   local wait = 0
   if self.tokens < 1 then wait = (1 - self.tokens) / self.qps end
