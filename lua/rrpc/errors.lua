@@ -162,51 +162,33 @@ function errors.mask(text, secrets)
   return mask_list(text, list)
 end
 
--- The secrets of the call whose answer is being read: see errors.scrubbing.
-local scope_secrets
-
-local function end_scope(outer, ok, ...)
-  scope_secrets = outer
-  if not ok then error((...), 0) end
-  return ...
-end
-
 local Prepared = {}
 
---- errors.prepared_secrets(secrets) --> what errors.scrubbing takes as it is: `secrets` (a
+--- errors.prepared_secrets(secrets) --> what errors.scrub takes as it is: `secrets` (a
 -- string, a list, or nil) sorted once, for a client to make when its credentials change
--- rather than a scope to make for every answer it reads.
+-- rather than for every answer it reads.
 function errors.prepared_secrets(secrets)
   return setmetatable(secret_list(secrets), Prepared)
-end
-
---- errors.scrubbing(secrets, fn, ...) --> fn(...); every error made meanwhile, whatever
--- made it, is scrubbed of `secrets` (and of those of an enclosing errors.scrubbing).
-function errors.scrubbing(secrets, fn, ...)
-  local outer = scope_secrets
-  if outer == nil and getmetatable(secrets) == Prepared then
-    scope_secrets = secrets
-  else
-    local list = secret_list(secrets)
-    for _, s in ipairs(outer or {}) do list[#list + 1] = s end
-    scope_secrets = #list > 0 and secret_list(list) or outer
-  end
-  return end_scope(outer, pcall(fn, ...))
 end
 
 -- Our own fields, from fixed sets: every other string may carry the platform's text.
 local NOT_SCRUBBED = { kind = true, delivered = true }
 
-function errors.new(fields, secret)
-  fields.message = fields.message or fields.code
-  local list = secret_list(secret)
-  for _, s in ipairs(scope_secrets or {}) do list[#list + 1] = s end
+--- errors.scrub(err, secrets) --> err, every string field of it but its kind and delivered
+-- masked of `secrets` (prepared, a string, a list, or nil)
+function errors.scrub(err, secrets)
+  local list = getmetatable(secrets) == Prepared and secrets or secret_list(secrets)
   if #list > 0 then
-    list = secret_list(list)
-    for name, value in pairs(fields) do
-      if type(value) == "string" and not NOT_SCRUBBED[name] then fields[name] = mask_list(value, list) end
+    for name, value in pairs(err) do
+      if type(value) == "string" and not NOT_SCRUBBED[name] then err[name] = mask_list(value, list) end
     end
   end
+  return err
+end
+
+function errors.new(fields, secret)
+  fields.message = fields.message or fields.code
+  if secret then errors.scrub(fields, secret) end
   fields.retryable = fields.retryable == true
   fields.delivered = fields.delivered or "maybe"
   return setmetatable(fields, Error)
