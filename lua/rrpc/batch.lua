@@ -154,7 +154,7 @@ local function send(self, call, now)
     call.held_at = nil
   end
   local attempts, p = call.attempts, self.p
-  if attempts == 0 then client.call_started(p, call) end
+  if attempts == 0 and p.on_call_start then client.call_started(p, call) end
   call.attempts = attempts + 1
   local pool = self.pool
   local signer, url, headers, body, err

@@ -270,18 +270,21 @@ end
 -- What every RRpc call has alike, kept out of each call's own table: a batch holds
 -- thousands of calls at once.
 local RRpcCall = { __index = { action = "RRpc", outcome = response.rrpc } }
+-- what every call reads, as upvalues
+local RRPC_OPTIONS, DEFAULT_RRPC_TIMEOUT = client.RRPC_OPTIONS, limits.RRPC_TIMEOUT.default
+local problem_of, b64encode, setmetatable = args.problem, core.b64encode, setmetatable
 
 --- client.rrpc_call(self, request) --> call | nil, problem
 -- Checks a request (the argument of client:rrpc, or a batch's request) without raising,
 -- and returns what every attempt needs; problem: { option =, message = }.
 function client.rrpc_call(self, request)
-  local problem = args.problem(request, client.RRPC_OPTIONS)
+  local problem = problem_of(request, RRPC_OPTIONS)
   if problem then return nil, problem end
-  local timeout = request.timeout or limits.RRPC_TIMEOUT.default
+  local timeout = request.timeout or DEFAULT_RRPC_TIMEOUT
   -- the optional parameters added only when there: a table sized for them all would be
   -- twice the size (a batch holds thousands)
   local params = { ProductKey = request.product_key, DeviceName = request.device_name,
-                   RequestBase64Byte = core.b64encode(request.payload), Timeout = timeout }
+                   RequestBase64Byte = b64encode(request.payload), Timeout = timeout }
   if request.topic then params.Topic = request.topic end
   local instance = request.iot_instance_id or self.iot_instance_id
   if instance then params.IotInstanceId = instance end
@@ -439,7 +442,7 @@ end
 -- Attempts until success or the policy says stop; the outcome says how many it took.
 local function perform(self, p, call)
   local attempts, started, quota_seconds = 0, core.monotime(), 0
-  client.call_started(p, call)
+  if p.on_call_start then client.call_started(p, call) end
   while true do
     attempts = attempts + 1
     local res, err, waited = attempt(self, p, call)
