@@ -16,8 +16,7 @@ function limiter.new(qps, burst, now)
                         sent = {}, next_slot = 1 }, Limiter)
 end
 
---- limiter:peek(now) --> 0 when a call could go now (nothing counted), else seconds to wait
-function Limiter:peek(now)
+local function wait_at(self, now)
   self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.qps)
   self.stamp = now
   local wait = 0
@@ -27,9 +26,12 @@ function Limiter:peek(now)
   return wait
 end
 
+--- limiter:peek(now) --> 0 when a call could go now (nothing counted), else seconds to wait
+Limiter.peek = wait_at
+
 --- limiter:take(now) --> 0 when a call may go now (and counts it), else seconds to wait
 function Limiter:take(now)
-  local wait = self:peek(now)
+  local wait = wait_at(self, now)
   if wait > 0 then return wait end
   self.tokens = self.tokens - 1
   self.sent[self.next_slot] = now
