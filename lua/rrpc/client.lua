@@ -416,13 +416,14 @@ function client.call_over(p, call, res, err, attempts, seconds, quota_seconds)
   run_hook(p, "on_call", info)
 end
 
--- One attempt on the client's own connection; the seconds it waited for the quota.
+-- One attempt on the client's own connection; the seconds it waited for the quota (timed
+-- only for the on_call hook, the one reader of durations).
 local function attempt(self, p, call)
-  local asked = core.monotime()
-  local refused = p.transport.admit(p.state, call)
-  local quota_seconds = core.monotime() - asked
-  if refused then return nil, refused, quota_seconds end
   local transport = p.transport
+  local asked = p.on_call and core.monotime()
+  local refused = transport.admit(p.state, call)
+  local quota_seconds = asked and core.monotime() - asked or 0
+  if refused then return nil, refused, quota_seconds end
   local status, resp_headers, resp_body
   if transport.send_signed then
     local signer, err = client.signer(self, p)
@@ -441,7 +442,7 @@ end
 
 -- Attempts until success or the policy says stop; the outcome says how many it took.
 local function perform(self, p, call)
-  local attempts, started, quota_seconds = 0, core.monotime(), 0
+  local attempts, started, quota_seconds = 0, p.on_call and core.monotime(), 0
   if p.on_call_start then client.call_started(p, call) end
   while true do
     attempts = attempts + 1
@@ -450,7 +451,7 @@ local function perform(self, p, call)
     local delay = err and call.retry and call.retry:delay(err, attempts)
     if not delay then
       (res or err).attempts = attempts
-      client.call_over(p, call, res, err, attempts, core.monotime() - started, quota_seconds)
+      if started then client.call_over(p, call, res, err, attempts, core.monotime() - started, quota_seconds) end
       return res, err
     end
     p.transport.sleep(p.state, delay)
