@@ -130,12 +130,42 @@ static int is_integer_literal(const char *s, size_t n)
     return 1;
 }
 
-/* decode_response(body) --> table | nil, message
+/* Whether each member of the table at `doc` that the table at `kinds` names has the Lua
+ * type kinds gives it (a type name: "string", "boolean", ...). */
+static int members_of_kinds(lua_State *L, int doc, int kinds)
+{
+    int well = 1;
+    lua_pushnil(L);
+    while (lua_next(L, doc) != 0) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            const char *want;
+            lua_pushvalue(L, -2);
+            lua_rawget(L, kinds);
+            want = lua_tostring(L, -1);
+            if (want != NULL && strcmp(want, luaL_typename(L, -2)) != 0)
+                well = 0;
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        if (!well) {
+            lua_pop(L, 1); /* the key: the walk ends here */
+            break;
+        }
+    }
+    return well;
+}
+
+/* decode_response(body [, kinds]) --> table [, well] | nil, message
+ * kinds: member name -> Lua type name; `well` says whether every member it names that the
+ * document has is of that type, in one walk of the document (JSON null is not).
  * Upvalue 1: the decode function of a private cjson instance. */
 static int l_decode_response(lua_State *L)
 {
     size_t n, start, len;
     const char *s = rrpc_checkstring(L, 1, &n);
+    int has_kinds = !lua_isnoneornil(L, 2);
+    if (has_kinds)
+        luaL_checktype(L, 2, LUA_TTABLE);
     /* cjson takes a NUL byte for the end of the text and would accept '{"a":1}\0<anything>';
      * JSON has no raw NUL (a string escapes it as \u0000) */
     const char *nul = memchr(s, '\0', n);
@@ -144,29 +174,32 @@ static int l_decode_response(lua_State *L)
         lua_pushfstring(L, "invalid JSON (a NUL byte at character %d)", (int)(nul - s) + 1);
         return 2;
     }
-    lua_settop(L, 1);
+    lua_settop(L, 2);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_pushvalue(L, 1);
     if (lua_pcall(L, 1, 1, 0) != 0) {
         lua_pushnil(L);
-        lua_pushfstring(L, "invalid JSON (%s)", lua_tostring(L, 2));
+        lua_pushfstring(L, "invalid JSON (%s)", lua_tostring(L, 3));
         return 2;
     }
     /* an array decodes to a table too */
-    if (!lua_istable(L, 2) || s[skip_space(s, n, 0)] != '{') {
+    if (!lua_istable(L, 3) || s[skip_space(s, n, 0)] != '{') {
         lua_pushnil(L);
         lua_pushliteral(L, "invalid JSON (not an object)");
         return 2;
     }
-    lua_getfield(L, 2, "MessageId");
+    lua_getfield(L, 3, "MessageId");
     if (lua_type(L, -1) == LUA_TNUMBER &&
         rrpc_find_member_number(s, n, "MessageId", &start, &len) &&
         is_integer_literal(s + start, len)) {
         lua_pushlstring(L, s + start, len);
-        lua_setfield(L, 2, "MessageId");
+        lua_setfield(L, 3, "MessageId");
     }
-    lua_settop(L, 2);
-    return 1;
+    lua_settop(L, 3);
+    if (!has_kinds)
+        return 1;
+    lua_pushboolean(L, members_of_kinds(L, 3, 2));
+    return 2;
 }
 
 /* A private lua-cjson instance, so a caller's cjson settings never change our parsing.

@@ -6,7 +6,7 @@ local json_null = require("cjson").null
 
 local response = {}
 
-local type, next = type, next -- read for every answer: upvalues, not lookups in _ENV
+local type, decode_response = type, core.decode_response -- for every answer: upvalues
 
 -- What the fields of the platform's answers must be. A field of another type means the
 -- answer is not the platform's, whatever else it says; JSON null counts as absent.
@@ -20,6 +20,7 @@ local FIELD_KINDS = {
       and (#v < 19 or (#v == 19 and v <= "9223372036854775807"))
   end },
 }
+local digits_check = FIELD_KINDS.digits.check
 local COMMON_FIELDS = {
   { "RequestId", "string" }, { "Success", "boolean" }, { "Code", "string" },
   { "Message", "string" }, { "ErrorMessage", "string" }, { "MessageId", "digits" },
@@ -53,17 +54,6 @@ for _, fields in ipairs { COMMON_FIELDS, RRPC_FIELDS } do
   end
 end
 
--- Whether every field of both lists that doc has is of its kind (JSON null is not): the
--- common case, told in one pass over the fields the answer has. When it is not, the
--- ordered checks of each list say which field is wrong.
-local function all_fields_well(doc)
-  for name, value in next, doc do
-    local want = LUA_TYPE_OF[name]
-    if want and type(value) ~= want then return false end
-  end
-  local id = doc.MessageId
-  return id == nil or FIELD_KINDS.digits.check(id)
-end
 
 --- response.rrpc(doc) --> { payload, message_id, request_id, rrpc_code } | nil, err
 -- The RRpc answer: the device's reply, or its state as an error.
@@ -101,14 +91,17 @@ local function retry_after_ms(headers)
 end
 
 local function read(outcome, status, headers, body)
-  local doc, why = core.decode_response(body)
-  local request_id = doc and type(doc.RequestId) == "string" and doc.RequestId
-                     or headers["x-acs-request-id"]
+  -- typed: whether every field of both lists that the answer has is of its Lua type (JSON
+  -- null is not), told as it is decoded; with the MessageId's digits, the common case.
+  -- When a field is not, the ordered checks of each list say which one is wrong.
+  local doc, typed = decode_response(body, LUA_TYPE_OF)
   if not doc then
     return nil, errors.http(status, ("HTTP %d with a body that is not the platform's JSON: %s"):format(
-      status, why), request_id)
+      status, typed), headers["x-acs-request-id"])
   end
-  local fields_well = all_fields_well(doc)
+  local request_id = type(doc.RequestId) == "string" and doc.RequestId or headers["x-acs-request-id"]
+  local id = doc.MessageId
+  local fields_well = typed and (id == nil or digits_check(id))
   local problem = not fields_well and field_problem(doc, COMMON_FIELDS)
   if problem then
     return nil, errors.invalid_response(status, problem, request_id)

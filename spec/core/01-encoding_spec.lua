@@ -98,3 +98,42 @@ describe("b64encode / b64decode", function()
       "bad argument #1 to 'b64decode' (string expected, got number)")
   end)
 end)
+
+describe("decode_response with kinds", function()
+  local core = require "rrpc.core"
+  local KINDS = { RequestId = "string", Success = "boolean", MessageId = "string" }
+
+  it("says whether every member it names is of its Lua type, keeping the MessageId exact", function()
+    local doc, typed = core.decode_response('{"RequestId":"r","Success":true,"MessageId":9223372036854775807,'
+      .. '"Other":[1,{"Success":"nested, not top-level"}]}', KINDS)
+    assert.is_true(typed)
+    assert.equal("9223372036854775807", doc.MessageId)
+    assert.equal("r", doc.RequestId)
+  end)
+
+  it("is false for a member of another type, or JSON null, wherever it comes in the document", function()
+    for _, body in ipairs {
+      '{"Success":"true"}', '{"RequestId":"r","Success":1}', '{"RequestId":null}',
+      '{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"RequestId":7}',
+    } do
+      local doc, typed = core.decode_response(body, KINDS)
+      assert.is_table(doc, body)
+      assert.is_false(typed, body)
+    end
+    -- a member the kinds do not name, or absent ones, leave it true
+    assert.is_true(select(2, core.decode_response('{"Anything":null,"Other":5}', KINDS)))
+    assert.is_true(select(2, core.decode_response('{}', KINDS)))
+  end)
+
+  it("answers without kinds as before: the document alone", function()
+    assert.equal(1, select("#", core.decode_response('{"Success":1}')))
+    local doc, why = core.decode_response('[1]', KINDS)
+    assert.is_nil(doc)
+    assert.equal("invalid JSON (not an object)", why)
+  end)
+
+  it("refuses kinds that are not a table, naming the argument", function()
+    assert.has_error(function() core.decode_response("{}", "string") end,
+      "bad argument #2 to 'decode_response' (table expected, got string)")
+  end)
+end)
