@@ -20,23 +20,30 @@ static long opt_number(lua_State *L, int t, const char *field, long lo, long hi)
 }
 
 /* Returns a copy the caller frees (rrpc_options_free), or NULL. */
-static char *opt_copy(lua_State *L, int t, const char *field)
+/* A copy of string field `field` (NULL when absent) after `prefix`. */
+static char *opt_copy_after(lua_State *L, int t, const char *field, const char *prefix)
 {
     char *v = NULL;
     lua_getfield(L, t, field);
     if (!lua_isnil(L, -1)) {
-        size_t n;
+        size_t n, pl = strlen(prefix);
         const char *s;
         if (lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "bad field '%s' (string expected, got %s)", field, luaL_typename(L, -1));
         s = lua_tolstring(L, -1, &n);
-        v = malloc(n + 1);
+        v = malloc(pl + n + 1);
         if (v == NULL)
             luaL_error(L, "out of memory copying '%s'", field);
-        memcpy(v, s, n + 1);
+        memcpy(v, prefix, pl);
+        memcpy(v + pl, s, n + 1);
     }
     lua_pop(L, 1);
     return v;
+}
+
+static char *opt_copy(lua_State *L, int t, const char *field)
+{
+    return opt_copy_after(L, t, field, "");
 }
 
 /* options: { connect_timeout=ms, idle_timeout=s, max_response_bytes=, receive_buffer_bytes=,
@@ -72,7 +79,9 @@ void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o)
     lua_pop(L, 1);
     o->ca_file = opt_copy(L, t, "ca_file");
     o->ca_path = opt_copy(L, t, "ca_path");
-    o->user_agent = opt_copy(L, t, "user_agent");
+    /* a header line of each request's own: libcurl would format CURLOPT_USERAGENT's again
+     * for every request */
+    o->user_agent_line = opt_copy_after(L, t, "user_agent", "User-Agent: ");
     o->proxy = opt_copy(L, t, "proxy");
     o->no_proxy = opt_copy(L, t, "no_proxy");
     lua_getfield(L, t, "response_budget");
@@ -99,10 +108,10 @@ void rrpc_options_free(struct rrpc_options *o)
 {
     free(o->ca_file);
     free(o->ca_path);
-    free(o->user_agent);
+    free(o->user_agent_line);
     free(o->proxy);
     free(o->no_proxy);
-    o->ca_file = o->ca_path = o->user_agent = o->proxy = o->no_proxy = NULL;
+    o->ca_file = o->ca_path = o->user_agent_line = o->proxy = o->no_proxy = NULL;
     rrpc_budget_release(o->budget);
     o->budget = NULL;
     rrpc_tls_sessions_release(o->tls_sessions);

@@ -218,8 +218,6 @@ const char *rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_option
         SET(CURLOPT_CAINFO, o->ca_file, "ca_file");
     if (o->ca_path != NULL)
         SET(CURLOPT_CAPATH, o->ca_path, "ca_path");
-    if (o->user_agent != NULL)
-        SET(CURLOPT_USERAGENT, o->user_agent, "user_agent");
     /* without these, libcurl follows http_proxy, HTTPS_PROXY, NO_PROXY and friends */
     if (o->proxy != NULL)
         SET(CURLOPT_PROXY, o->proxy, "proxy");
@@ -267,7 +265,7 @@ void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int
     const char *url = rrpc_checkstring(L, first + 1, &ul);
     const char *body;
     long timeout_ms;
-    int lines, i, nlines = 0, has_type = 0, is_post = strcmp(method, "POST") == 0,
+    int lines, i, nlines = 0, has_type = 0, has_agent = 0, is_post = strcmp(method, "POST") == 0,
         is_put = strcmp(method, "PUT") == 0;
     struct curl_slist *list = NULL;
 
@@ -288,9 +286,14 @@ void rrpc_transfer_prepare(lua_State *L, struct rrpc_transfer *t, int first, int
         if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
             luaL_argerror(L, first + 2, "header names and values must be strings");
         has_type = has_type || strcasecmp(lua_tostring(L, -2), "Content-Type") == 0;
+        has_agent = has_agent || strcasecmp(lua_tostring(L, -2), "User-Agent") == 0;
         lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
         lua_rawseti(L, lines, ++nlines);
         lua_pop(L, 1);
+    }
+    if (!has_agent && t->options->user_agent_line != NULL) {
+        lua_pushstring(L, t->options->user_agent_line);
+        lua_rawseti(L, lines, ++nlines);
     }
     lua_pushliteral(L, "Expect:"); /* no 100-continue round trip */
     lua_rawseti(L, lines, ++nlines);
@@ -392,6 +395,11 @@ void rrpc_transfer_prepare_signed(lua_State *L, struct rrpc_transfer *t, const s
         p = put(p, s->headers[i].v, s->headers[i].vl);
         *p++ = '\0';
         t->lines[n].next = &t->lines[n + 1];
+    }
+    if (t->options->user_agent_line != NULL) {
+        t->lines[n].data = t->options->user_agent_line;
+        t->lines[n].next = &t->lines[n + 1];
+        n++;
     }
     for (i = 0; i < unsent; i++, n++) {
         t->lines[n].data = (char *)UNSENT[i];

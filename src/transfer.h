@@ -42,7 +42,8 @@ struct rrpc_options {
     long http_version;           /* CURL_HTTP_VERSION_1_1 or _2TLS */
     size_t max_response;
     int verify;
-    char *ca_file, *ca_path, *user_agent, *proxy, *no_proxy;
+    char *ca_file, *ca_path, *proxy, *no_proxy;
+    char *user_agent_line; /* "User-Agent: ...", or NULL */
     struct rrpc_budget *budget;
     struct rrpc_tls_sessions *tls_sessions; /* or NULL: each handle keeps its own */
     struct rrpc_goaways *goaways; /* with http_version "2" */
@@ -54,7 +55,7 @@ struct rrpc_transfer {
     /* a request of rrpc_transfer_prepare_signed's: its URL, body and header lines in one
      * buffer, kept from call to call, and the list that points into it */
     struct rrpc_buffer request;
-    struct curl_slist lines[RRPC_SIGNED_HEADERS + 4];
+    struct curl_slist lines[RRPC_SIGNED_HEADERS + 5]; /* + the User-Agent and UNSENT */
     /* the length of the URL libcurl has, when it is the one at the start of `request`
      * (the last signed request's), or 0: a signer's next URL is most often the same, and
      * setting it makes libcurl copy it again */
