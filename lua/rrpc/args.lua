@@ -57,10 +57,11 @@ end
 
 local LUA_TYPES = { string = true, number = true, boolean = true, table = true, ["function"] = true }
 
--- Each specs table, read once: its options as { name, spec, plain, min, max } sorted by
--- name (list) and by name (named), and how many are required. plain: the Lua type a value
--- needs and nothing else (no range, choices or check); min and max: the range of an
--- integer that needs nothing else. Either tells the common case apart without a call.
+-- Each specs table, read once: its options as { name, spec, plain, min, max, checked }
+-- sorted by name (list) and by name (named), and how many are required. plain: the Lua
+-- type a value needs and nothing else (no range, choices or check); min and max: the
+-- range of an integer that needs nothing else; checked: the Lua type of a value that
+-- needs that and its check only. Each tells the common case apart with fewer calls.
 local prepared_specs = setmetatable({}, { __mode = "k" })
 
 local function prepared(specs)
@@ -74,7 +75,9 @@ local function prepared(specs)
       local spec = specs[name]
       local plain = LUA_TYPES[spec.type] and not (spec.range or spec.choices or spec.check) and spec.type
       local range = spec.type == "integer" and not (spec.choices or spec.check) and spec.range
-      p.list[i] = { name, spec, plain or nil, range and range.min or nil, range and range.max or nil }
+      local checked = LUA_TYPES[spec.type] and spec.check and not (spec.range or spec.choices) and spec.type
+      p.list[i] = { name, spec, plain or nil, range and range.min or nil, range and range.max or nil,
+                    checked or nil }
       p.named[name] = p.list[i]
       if spec.required then p.required = p.required + 1 end
     end
@@ -97,10 +100,13 @@ local function all_well(opts, p)
     end
     if type(value) ~= entry[3] then
       local min = entry[4]
+      local checked = entry[6]
       if min then
         if not (type(value) == "number" and value % 1 == 0 and value >= min and value <= entry[5]) then
           return false
         end
+      elseif checked then
+        if type(value) ~= checked or spec.check(value) then return false end
       elseif value_problem(name, value, spec) then
         return false
       end
