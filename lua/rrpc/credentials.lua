@@ -75,9 +75,10 @@ end
 -- Cached until close to `expiration`; a failed refresh keeps credentials that are still
 -- valid. http: the client's transport (see credentials.provider), libcurl without one.
 function Provider:get(http)
-  local now = self.clock()
   local c = self.cached
-  if c and (not c.expiration or now < c.refresh_at) then return c end
+  if c and not c.expiration then return c end -- static, or never expire: no clock to read
+  local now = self.clock()
+  if c and now < c.refresh_at then return c end
   local fresh, err = self.fetch(http or libcurl_http)
   if not fresh then
     if c and now < c.expiration then return c end
