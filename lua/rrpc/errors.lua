@@ -164,7 +164,7 @@ end
 
 local Prepared = {}
 
---- errors.prepared_secrets(secrets) --> what errors.scrub takes as it is: `secrets` (a
+--- errors.prepared_secrets(secrets) --> what errors.new takes as it is: `secrets` (a
 -- string, a list, or nil) sorted once, for a client to make when its credentials change
 -- rather than for every answer it reads.
 function errors.prepared_secrets(secrets)
@@ -174,21 +174,17 @@ end
 -- Our own fields, from fixed sets: every other string may carry the platform's text.
 local NOT_SCRUBBED = { kind = true, delivered = true }
 
---- errors.scrub(err, secrets) --> err, every string field of it but its kind and delivered
--- masked of `secrets` (prepared, a string, a list, or nil)
-function errors.scrub(err, secrets)
-  local list = getmetatable(secrets) == Prepared and secrets or secret_list(secrets)
-  if #list > 0 then
-    for name, value in pairs(err) do
-      if type(value) == "string" and not NOT_SCRUBBED[name] then err[name] = mask_list(value, list) end
+--- errors.new(fields, secrets) --> the error, every string field of it but its kind and
+-- delivered masked of `secrets` (prepared, a string, a list, or nil) from the start: an
+-- error never holds a secret, not even before it is returned
+function errors.new(fields, secrets)
+  fields.message = fields.message or fields.code
+  if secrets then
+    local list = getmetatable(secrets) == Prepared and secrets or secret_list(secrets)
+    for name, value in pairs(fields) do
+      if type(value) == "string" and not NOT_SCRUBBED[name] then fields[name] = mask_list(value, list) end
     end
   end
-  return err
-end
-
-function errors.new(fields, secret)
-  fields.message = fields.message or fields.code
-  if secret then errors.scrub(fields, secret) end
   fields.retryable = fields.retryable == true
   fields.delivered = fields.delivered or "maybe"
   return setmetatable(fields, Error)
@@ -222,44 +218,48 @@ function errors.client_gone(message)
                       delivered = "no", retryable = false }
 end
 
+-- The errors an answer makes are given the secrets of its call (`secrets`, as errors.new
+-- takes them): the platform echoes them (a V1 SignatureDoesNotMatch shows its string to
+-- sign, which holds the token), in any field.
+
 -- An answer that is not the platform's: judged by its status alone.
-local function http_error(code, status, message, request_id, message_id)
+local function http_error(code, status, message, request_id, message_id, secrets)
   local rejected = status >= 400 and status < 500 -- turned away before any processing
-  return errors.new {
+  return errors.new({
     kind = "http", code = code, status = status, message = message,
     request_id = request_id, message_id = message_id,
     delivered = (rejected or status == 503) and "no" or "maybe",
     retryable = status == 503 or status == 429,
-  }
+  }, secrets)
 end
 
 -- A response that is not the platform's JSON (an HTML 502 from a proxy, a truncated body).
-function errors.http(status, message, request_id)
-  return http_error("HTTP" .. status, status, message, request_id)
+function errors.http(status, message, request_id, secrets)
+  return http_error("HTTP" .. status, status, message, request_id, nil, secrets)
 end
 
 -- JSON that is not what the platform sends: a field of the wrong type, a reply payload
 -- that is not Base64, an RRpc answer without RrpcCode.
-function errors.invalid_response(status, message, request_id, message_id)
-  return http_error("InvalidResponse", status, message, request_id, message_id)
+function errors.invalid_response(status, message, request_id, message_id, secrets)
+  return http_error("InvalidResponse", status, message, request_id, message_id, secrets)
 end
 
 -- A device state other than SUCCESS; `code` is the RrpcCode or the platform's error code.
-function errors.device(rrpc_code, code, fields)
+function errors.device(rrpc_code, code, fields, secrets)
   fields.kind = "device"
   fields.rrpc_code = rrpc_code
   fields.code = code
   fields.message = fields.message or DEVICE_MESSAGES[rrpc_code] or ("device state " .. rrpc_code)
   fields.delivered = DEVICE_DELIVERED[rrpc_code] or "maybe"
   fields.retryable = false
-  return errors.new(fields)
+  return errors.new(fields, secrets)
 end
 
 -- An error code from the platform. fields: status, message, request_id, retry_after.
-function errors.api(code, fields, secret)
+function errors.api(code, fields, secrets)
   local state = DEVICE_STATE_CODES[code]
   if state then
-    return errors.device(state, code, fields)
+    return errors.device(state, code, fields, secrets)
   end
   fields.code = code
   if is_invalid_code(code) then
@@ -275,7 +275,7 @@ function errors.api(code, fields, secret)
       fields.delivered = "no"
     end
   end
-  return errors.new(fields, secret)
+  return errors.new(fields, secrets)
 end
 
 return errors

@@ -55,19 +55,20 @@ for _, fields in ipairs { COMMON_FIELDS, RRPC_FIELDS } do
 end
 
 
---- response.rrpc(doc) --> { payload, message_id, request_id, rrpc_code } | nil, err
--- The RRpc answer: the device's reply, or its state as an error.
-function response.rrpc(doc, fields_well)
+--- response.rrpc(doc, fields_well, secrets) --> { payload, message_id, request_id, rrpc_code } | nil, err
+-- The RRpc answer: the device's reply, or its state as an error (made with `secrets`).
+-- fields_well: its fields are known to be of their kinds.
+function response.rrpc(doc, fields_well, secrets)
   local problem = not fields_well and field_problem(doc, RRPC_FIELDS)
   if problem then
-    return nil, errors.invalid_response(200, problem, doc.RequestId, doc.MessageId)
+    return nil, errors.invalid_response(200, problem, doc.RequestId, doc.MessageId, secrets)
   end
   local code = doc.RrpcCode
   if code == "SUCCESS" then
     local payload, why = core.b64decode(doc.PayloadBase64Byte or "")
     if not payload then
       return nil, errors.invalid_response(200, "reply payload is not Base64 (" .. why .. ")",
-        doc.RequestId, doc.MessageId)
+        doc.RequestId, doc.MessageId, secrets)
     end
     -- attempts: counted by whoever made them, a slot of its own from the start
     return { payload = payload, message_id = doc.MessageId, request_id = doc.RequestId,
@@ -75,9 +76,9 @@ function response.rrpc(doc, fields_well)
   end
   if code then
     return nil, errors.device(code, code, { status = 200, request_id = doc.RequestId,
-                                            message_id = doc.MessageId })
+                                            message_id = doc.MessageId }, secrets)
   end
-  return nil, errors.invalid_response(200, "response has no RrpcCode", doc.RequestId)
+  return nil, errors.invalid_response(200, "response has no RrpcCode", doc.RequestId, nil, secrets)
 end
 
 --- response.document(doc) --> doc: client:request answers with the decoded document.
@@ -90,21 +91,24 @@ local function retry_after_ms(headers)
   return v and math.floor(v) or nil
 end
 
-local function read(outcome, status, headers, body)
+--- response.interpret(outcome, status, headers, body, secrets) --> result | nil, err
+-- outcome: response.rrpc or response.document. No error holds a secret or security token
+-- of `secrets`, in any field, from the moment it is made: each is made with them.
+function response.interpret(outcome, status, headers, body, secrets)
   -- typed: whether every field of both lists that the answer has is of its Lua type (JSON
   -- null is not), told as it is decoded; with the MessageId's digits, the common case.
   -- When a field is not, the ordered checks of each list say which one is wrong.
   local doc, typed = decode_response(body, LUA_TYPE_OF)
   if not doc then
     return nil, errors.http(status, ("HTTP %d with a body that is not the platform's JSON: %s"):format(
-      status, typed), headers["x-acs-request-id"])
+      status, typed), headers["x-acs-request-id"], secrets)
   end
   local request_id = type(doc.RequestId) == "string" and doc.RequestId or headers["x-acs-request-id"]
   local id = doc.MessageId
   local fields_well = typed and (id == nil or digits_check(id))
   local problem = not fields_well and field_problem(doc, COMMON_FIELDS)
   if problem then
-    return nil, errors.invalid_response(status, problem, request_id)
+    return nil, errors.invalid_response(status, problem, request_id, nil, secrets)
   end
   if type(doc.Code) == "string" and (doc.Success ~= true or status >= 400) then
     local message = doc.Message or doc.ErrorMessage
@@ -113,22 +117,12 @@ local function read(outcome, status, headers, body)
       message = type(message) == "string" and message or nil,
       request_id = request_id,
       retry_after = retry_after_ms(headers),
-    })
+    }, secrets)
   end
   if status ~= 200 or doc.Success == false then
-    return nil, errors.http(status, ("HTTP %d without an error code"):format(status), request_id)
+    return nil, errors.http(status, ("HTTP %d without an error code"):format(status), request_id, secrets)
   end
-  return outcome(doc, fields_well)
-end
-
---- response.interpret(outcome, status, headers, body, secrets) --> result | nil, err
--- outcome: response.rrpc or response.document. No error holds a secret or security token
--- of `secrets`, in any field: the platform echoes them (a V1 SignatureDoesNotMatch shows
--- its string to sign, which holds the token).
-function response.interpret(outcome, status, headers, body, secrets)
-  local res, err = read(outcome, status, headers, body)
-  if err then return nil, errors.scrub(err, secrets) end
-  return res
+  return outcome(doc, fields_well, secrets)
 end
 
 return response
