@@ -19,8 +19,8 @@ static long opt_number(lua_State *L, int t, const char *field, long lo, long hi)
     return (long)n;
 }
 
-/* Returns a copy the caller frees (rrpc_options_free), or NULL. */
-/* A copy of string field `field` (NULL when absent) after `prefix`. */
+/* A copy of string field `field` after `prefix`, which the caller frees
+ * (rrpc_options_free), or NULL when the field is absent. */
 static char *opt_copy_after(lua_State *L, int t, const char *field, const char *prefix)
 {
     char *v = NULL;
@@ -81,7 +81,7 @@ void rrpc_options_read(lua_State *L, int t, struct rrpc_options *o)
     o->ca_path = opt_copy(L, t, "ca_path");
     /* a header line of each request's own: libcurl would format CURLOPT_USERAGENT's again
      * for every request */
-    o->user_agent_line = opt_copy_after(L, t, "user_agent", "User-Agent: ");
+    o->user_agent_line = opt_copy_after(L, t, "user_agent", RRPC_USER_AGENT_PREFIX);
     o->proxy = opt_copy(L, t, "proxy");
     o->no_proxy = opt_copy(L, t, "no_proxy");
     lua_getfield(L, t, "response_budget");

@@ -173,10 +173,8 @@ int rrpc_curl_ready(void)
     return ready;
 }
 
-/* The longest string libcurl takes for an option (its CURL_MAX_INPUT_LENGTH), and the
- * length of "User-Agent: " */
+/* The longest string libcurl takes for an option (its CURL_MAX_INPUT_LENGTH) */
 #define CURL_STRING_MAX 8000000
-#define USER_AGENT_PREFIX 12
 
 /* Sets an option; on failure, names it for the error (the first one that failed). */
 #define SET(option, value, name)                                                        \
@@ -230,7 +228,8 @@ const char *rrpc_transfer_open(struct rrpc_transfer *t, const struct rrpc_option
         SET(CURLOPT_NOPROXY, o->no_proxy, "no_proxy");
     /* the User-Agent goes as a header line of rrpc's (rrpc_transfer_prepare*), held to what
      * libcurl would take as CURLOPT_USERAGENT */
-    if (o->user_agent_line != NULL && strlen(o->user_agent_line) > USER_AGENT_PREFIX + CURL_STRING_MAX)
+    if (o->user_agent_line != NULL &&
+        strlen(o->user_agent_line) > strlen(RRPC_USER_AGENT_PREFIX) + CURL_STRING_MAX)
         failed = failed != NULL ? failed : "user_agent";
     SET(CURLOPT_ERRORBUFFER, t->error, "libcurl");
     SET(CURLOPT_WRITEFUNCTION, on_body, "libcurl");

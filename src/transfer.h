@@ -37,13 +37,15 @@ struct rrpc_goaways {
 };
 
 /* Connection settings, copied out of the Lua options table. */
+#define RRPC_USER_AGENT_PREFIX "User-Agent: "
+
 struct rrpc_options {
     long connect_ms, idle_s, receive_buffer;
     long http_version;           /* CURL_HTTP_VERSION_1_1 or _2TLS */
     size_t max_response;
     int verify;
     char *ca_file, *ca_path, *proxy, *no_proxy;
-    char *user_agent_line; /* "User-Agent: ...", or NULL */
+    char *user_agent_line; /* RRPC_USER_AGENT_PREFIX and the user agent, or NULL */
     struct rrpc_budget *budget;
     struct rrpc_tls_sessions *tls_sessions; /* or NULL: each handle keeps its own */
     struct rrpc_goaways *goaways; /* with http_version "2" */

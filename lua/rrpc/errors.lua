@@ -179,8 +179,8 @@ local NOT_SCRUBBED = { kind = true, delivered = true }
 -- error never holds a secret, not even before it is returned
 function errors.new(fields, secrets)
   fields.message = fields.message or fields.code
-  if secrets then
-    local list = getmetatable(secrets) == Prepared and secrets or secret_list(secrets)
+  local list = secrets and (getmetatable(secrets) == Prepared and secrets or secret_list(secrets))
+  if list and #list > 0 then
     for name, value in pairs(fields) do
       if type(value) == "string" and not NOT_SCRUBBED[name] then fields[name] = mask_list(value, list) end
     end
