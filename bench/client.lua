@@ -177,7 +177,8 @@ elseif mode == "gateway" then
   local url, pk, dn, calls, concurrency = table.unpack(arg, 2)
   calls, concurrency = tonumber(calls), tonumber(concurrency)
   local target = ("%s/devices/%s/%s/rrpc"):format(url, pk, dn)
-  local pool = require("http").pool { max_connections = concurrency }
+  local http = require "http"
+  local pool = http.pool { max_connections = concurrency }
   result = measure(function()
     local sent, ok, statuses = 0, 0, {}
     while sent < calls or pool:count() > 0 do
@@ -185,7 +186,7 @@ elseif mode == "gateway" then
         sent = sent + 1
         pool:add(sent, "POST", target, {}, "ping " .. sent, 30000)
       end
-      for _, c in ipairs(pool:run(100)) do
+      for _, c in ipairs(http.completions(pool:run(100))) do
         if c.status == 200 then ok = ok + 1 end
         local key = tostring(c.status or c.code)
         statuses[key] = (statuses[key] or 0) + 1

@@ -128,9 +128,8 @@ local function read_next(self)
       for k, v in pairs(request) do merged[k] = v end
       request = merged
     end
-    local call, problem = rrpc_call(self.client, request)
+    local call, problem = rrpc_call(self.client, request, read)
     if call then
-      call.index, call.attempts = read, 0
       if self.p.on_call then call.read_at = core.monotime() end -- for the hook's durations
       return call
     end
@@ -219,18 +218,18 @@ local function insert_by_due(list, call)
   table.insert(list, i + 1, call)
 end
 
-local function complete(self, c, now)
-  local token, in_flight, free = c.token, self.in_flight, self.free_tokens
+-- A completion of the pool's: status, headers and body, or false, err.
+local function complete(self, token, status, headers_or_err, body, now)
+  local in_flight, free = self.in_flight, self.free_tokens
   local call = in_flight[token]
   in_flight[token] = nil
   free[#free + 1] = token
   self.in_flight_count = self.in_flight_count - 1
   local res, err
-  local status = c.status
   if status then
-    res, err = interpret(self.p, call, status, c.headers, c.body)
+    res, err = interpret(self.p, call, status, headers_or_err, body)
   else
-    err = c.err
+    err = headers_or_err
   end
   settle(self, call, res, err, now)
 end
@@ -380,7 +379,9 @@ function Run:next_outcome()
         if self.deadline and self.deadline - now < wait then wait = self.deadline - now end
         local completions = self.pool:run(math.max(1, math.ceil(wait * 1000)))
         now = core.monotime()
-        for i = 1, #completions do complete(self, completions[i], now) end
+        for i = 1, #completions, 4 do
+          complete(self, completions[i], completions[i + 1], completions[i + 2], completions[i + 3], now)
+        end
         progress(self, now)
       end
     end

@@ -274,10 +274,11 @@ local RRpcCall = { __index = { action = "RRpc", outcome = response.rrpc } }
 local RRPC_OPTIONS, DEFAULT_RRPC_TIMEOUT = client.RRPC_OPTIONS, limits.RRPC_TIMEOUT.default
 local problem_of, b64encode, setmetatable = args.problem, core.b64encode, setmetatable
 
---- client.rrpc_call(self, request) --> call | nil, problem
+--- client.rrpc_call(self, request, index) --> call | nil, problem
 -- Checks a request (the argument of client:rrpc, or a batch's request) without raising,
--- and returns what every attempt needs; problem: { option =, message = }.
-function client.rrpc_call(self, request)
+-- and returns what every attempt needs; problem: { option =, message = }. index: the
+-- request's place in a batch (nil for a single call).
+function client.rrpc_call(self, request, index)
   local problem = problem_of(request, RRPC_OPTIONS)
   if problem then return nil, problem end
   local timeout = request.timeout or DEFAULT_RRPC_TIMEOUT
@@ -288,10 +289,13 @@ function client.rrpc_call(self, request)
   if request.topic then params.Topic = request.topic end
   local instance = request.iot_instance_id or self.iot_instance_id
   if instance then params.IotInstanceId = instance end
+  -- index and attempts (a batch's) in the constructor: the table is made at its size once,
+  -- not grown when the batch adds them
   local call = setmetatable({
     params = params,
     -- outlasts the device's Timeout, so a silent device arrives as TIMEOUT
     http_timeout = self.connect_timeout + timeout + self.timeout_margin,
+    index = index, attempts = 0,
   }, RRpcCall)
   -- the request's own policy; without one, a batch's applies (a single call has none)
   if request.retry ~= nil then call.retry = retry.option(request.retry) end

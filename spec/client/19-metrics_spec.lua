@@ -188,7 +188,7 @@ describe("on_call and rrpc.metrics", function()
         pool:add(i, "POST", gw.url .. "/devices/" .. PK .. (i % 4 == 0 and "/offline" or "/echo") .. "/rrpc", {}, "x", 10000)
       end
       while done < 40 do
-        for _, c in ipairs(pool:run(200)) do
+        for _, c in ipairs(http.completions(pool:run(200))) do
           done = done + 1
           workers[c.headers["x-gateway-worker-pid"] or "?"] = true
         end

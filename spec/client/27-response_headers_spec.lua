@@ -117,13 +117,33 @@ describe("response headers", function()
     pool:add_signed(2, signer, "RRpc", { ProductKey = "p" }, 5000)
     local done = {}
     while #done < 2 do
-      for _, c in ipairs(pool:run(1000)) do done[#done + 1] = c end
+      for _, c in ipairs(http.completions(pool:run(1000))) do done[#done + 1] = c end
     end
     pool:close()
     for _, c in ipairs(done) do
       assert.equal(200, c.status)
       assert_read(c.headers)
     end
+  end)
+
+  it("come from the pool four slots a completion: token, status, headers, body, or token, sent, code, message", function()
+    local pool = http.pool()
+    local refused = "http://127.0.0.1:" .. process.spare_port() .. "/" -- nothing listens there
+    pool:add(7, "POST", refused, {}, "x=1", 5000)
+    pool:add_signed(8, signer, "RRpc", { ProductKey = "p" }, 5000)
+    local flat = {}
+    while #flat < 8 do
+      for _, v in ipairs(pool:run(1000)) do flat[#flat + 1] = v end
+    end
+    pool:close()
+    assert.equal(8, #flat)
+    local answer, failure = flat[1] == 8 and 1 or 5, flat[1] == 7 and 1 or 5
+    assert.same({ 8, 200 }, { flat[answer], flat[answer + 1] })
+    assert_read(flat[answer + 2])
+    assert.equal('{"RequestId":"R1","Success":true,"RrpcCode":"SUCCESS","PayloadBase64Byte":"","MessageId":1}',
+      flat[answer + 3])
+    assert.same({ 7, false, "CURLE_COULDNT_CONNECT" }, { flat[failure], flat[failure + 1], flat[failure + 2] })
+    assert.equal("string", type(flat[failure + 3]))
   end)
 
   if _VERSION ~= "Lua 5.1" then -- pairs() honours __pairs from 5.2 on (not in LuaJIT)

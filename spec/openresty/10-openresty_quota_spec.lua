@@ -151,7 +151,7 @@ local function clients()
     return group
   end
   local function poll(ms)
-    for _, c in ipairs(pool:run(ms)) do
+    for _, c in ipairs(http.completions(pool:run(ms))) do
       c.seconds = system.monotime() - started[c.token]
       local where = of[c.token]
       where[1][where[2]] = c

@@ -60,7 +60,7 @@ local function load(gateways, seconds, in_flight, batch, on_tick)
       end
     end
     if on_tick then on_tick(system.monotime() - t0) end
-    for _, c in ipairs(pool:run(10)) do
+    for _, c in ipairs(http.completions(pool:run(10))) do
       open = open - 1
       local took = system.monotime() - started[c.token]
       if kind[c.token] == "batch" then

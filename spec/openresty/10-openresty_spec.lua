@@ -95,7 +95,7 @@ describe("OpenResty gateway #openresty #slow", function()
     end
     local done, workers = 0, {}
     while pool:count() > 0 do
-      for _, c in ipairs(pool:run(1000)) do
+      for _, c in ipairs(http.completions(pool:run(1000))) do
         assert.equal(200, c.status, c.message)
         assert.equal("n" .. c.token, c.body)
         workers[c.headers["x-gateway-worker-pid"]] = true
@@ -123,7 +123,7 @@ describe("OpenResty gateway #openresty #slow", function()
     assert.is_true(quick < 0.3, ("the quick call took %.2f s"):format(quick))
     local slow
     while pool:count() > 0 do
-      for _, c in ipairs(pool:run(1000)) do slow = c end
+      for _, c in ipairs(http.completions(pool:run(1000))) do slow = c end
     end
     pool:close()
     assert.equal(200, slow.status)
@@ -195,7 +195,7 @@ describe("OpenResty gateway with 2 workers #openresty #slow", function()
     end
     local workers, ok, throttled = {}, 0, 0
     while pool:count() > 0 do
-      for _, c in ipairs(pool:run(1000)) do
+      for _, c in ipairs(http.completions(pool:run(1000))) do
         workers[c.headers["x-gateway-worker-pid"]] = true
         if c.status == 200 then
           ok = ok + 1

@@ -5,6 +5,7 @@
 --   local http = require "http"
 --   local session = http.session { ca_file = ... }   -- core.session with the defaults
 --   local pool = http.pool { max_connections = 200 }
+--   for _, c in ipairs(http.completions(pool:run(100))) do ... c.token, c.status ... end
 local core = require "rrpc.core"
 local limits = require "rrpc.limits"
 
@@ -30,6 +31,21 @@ end
 
 function http.pool(extra)
   return core.pool(http.options(extra))
+end
+
+--- http.completions(flat) --> { { token=, status=, headers=, body= } | { token=, sent=, code=, message= }, ... }
+-- core.pool's run() answers four slots a completion; the specs read them by name.
+function http.completions(flat)
+  local list = {}
+  for i = 1, #flat, 4 do
+    local token, second, third, fourth = flat[i], flat[i + 1], flat[i + 2], flat[i + 3]
+    if type(second) == "boolean" then
+      list[#list + 1] = { token = token, sent = second, code = third, message = fourth }
+    else
+      list[#list + 1] = { token = token, status = second, headers = third, body = fourth }
+    end
+  end
+  return list
 end
 
 return http

@@ -24,9 +24,11 @@
 --   sleep(state, ms)                              between attempts.
 --   pool(state, concurrency) --> pool             for batches:
 --     pool:add(token, url, headers, body, timeout_ms)
---     pool:run(wait_ms) --> { { token, status, headers, body } | { token, err }, ... }
---       waits up to wait_ms for completions (also when none is in flight), and no longer
---       than the quota's own I/O (quota:fd()) takes to be ready
+--     pool:run(wait_ms) --> { token, status, headers, body,  token, false, err, false, ... }
+--       completions, four slots each (no table each: a batch reads thousands a second),
+--       an answer's or a failure's (err an rrpc error); waits up to wait_ms for them
+--       (also when none is in flight), and no longer than the quota's own I/O
+--       (quota:fd()) takes to be ready
 --     pool:cancel(token) --> true if it was in flight; pool:count() --> calls in flight
 --   send_signed(state, signer, action, params, timeout_ms) --> as send   (optional)
 --     a transport that signs in C: signer from rrpc.core.signer, the request as
@@ -89,7 +91,7 @@ function curl.sleep(_, ms)
   core.sleep(ms)
 end
 
--- The C pool's failures ({ token, code, message, sent }) become rrpc errors.
+-- The C pool's failures (token, sent, code, message) become rrpc errors.
 local Pool = {}
 Pool.__index = Pool
 
@@ -105,8 +107,12 @@ function Pool:run(wait_ms)
   local fd, write
   if self.quota then fd, write = self.quota:fd() end
   local completions = self.pool:run(wait_ms, fd, write)
-  for _, c in ipairs(completions) do
-    if not c.status then c.err = errors.network(c.code, c.message, c.sent) end
+  for i = 2, #completions, 4 do
+    local sent = completions[i]
+    if type(sent) == "boolean" then -- not a status: a failure
+      completions[i], completions[i + 1], completions[i + 2] =
+        false, errors.network(completions[i + 1], completions[i + 2], sent), false
+    end
   end
   return completions
 end
