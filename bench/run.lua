@@ -37,10 +37,13 @@ local IN_FLIGHT_LEVELS = {
 }
 local SDKS = { "pop-core", "iot20180120" }
 -- 7. instructions per call (callgrind): sequential, runs of N and 2 N calls; 100 in
--- flight to section 6's 2 s device (slow enough for 100 under callgrind), runs of 2 and 4
--- rounds
+-- flight to section 6's 2 s device and 1000 to its 7 s device (slow enough for all of them
+-- to be sent under callgrind), runs of 2 and 4 rounds
 local CALLGRIND_CALLS = tonumber(os.getenv("BENCH_CALLGRIND_CALLS") or 300)
-local CALLGRIND_IN_FLIGHT, CALLGRIND_LEVEL = 100, IN_FLIGHT_LEVELS[2]
+local CALLGRIND_LEVELS = {
+  { calls_in_flight = 100, latency_ms = IN_FLIGHT_LEVELS[2].latency_ms },
+  { calls_in_flight = 1000, latency_ms = IN_FLIGHT_LEVELS[3].latency_ms },
+}
 
 -- 8000 connections need more descriptors than the usual soft limit of 1024.
 local SHELL_PREFIX = "ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); "
@@ -511,35 +514,47 @@ local function instructions()
     return (twice - once) / n, latency_ms and math.min(in_flight_once, in_flight_twice)
   end
   local seq_path, buffer = floor_requests(PK, ECHO, 2 * CALLGRIND_CALLS + 1, "cg")
-  local device, n = "hold" .. CALLGRIND_LEVEL.latency_ms, CALLGRIND_IN_FLIGHT
-  local flight_path = floor_requests(BENCH_PK, device, 4 * n, "cgn")
-  local counts = { floor = {}, rrpc = {} }
+  local counts = { floor = { in_flight = {}, seen = {} }, rrpc = { in_flight = {}, seen = {} } }
   counts.floor.sequential = per_call("", function(calls)
     return ("%s %s %d 1 %d"):format(FLOOR, seq_path, calls, buffer)
   end, CALLGRIND_CALLS)
-  counts.floor.in_flight, counts.floor.seen = per_call("", function(calls)
-    return ("%s %s %d %d %d"):format(FLOOR, flight_path, calls, n, buffer)
-  end, 2 * n, CALLGRIND_LEVEL.latency_ms)
   counts.rrpc.sequential = per_call(lua_env, function(calls)
     return lua("sequential", emu.url, "testid", "testsecret", PK, ECHO, calls, "v3")
   end, CALLGRIND_CALLS)
-  counts.rrpc.in_flight, counts.rrpc.seen = per_call(lua_env, function(calls)
-    return lua("inflight", emu.url, "testid", "testsecret", BENCH_PK, device, calls, n, IN_FLIGHT_TIMEOUT_MS, "cgr")
-  end, 2 * n, CALLGRIND_LEVEL.latency_ms)
   os.remove(seq_path)
-  os.remove(flight_path)
+  for i, level in ipairs(CALLGRIND_LEVELS) do
+    local device, n = "hold" .. level.latency_ms, level.calls_in_flight
+    local flight_path = floor_requests(BENCH_PK, device, 4 * n, "cgn")
+    counts.floor.in_flight[i], counts.floor.seen[i] = per_call("", function(calls)
+      return ("%s %s %d %d %d"):format(FLOOR, flight_path, calls, n, buffer)
+    end, 2 * n, level.latency_ms)
+    counts.rrpc.in_flight[i], counts.rrpc.seen[i] = per_call(lua_env, function(calls)
+      return lua("inflight", emu.url, "testid", "testsecret", BENCH_PK, device, calls, n, IN_FLIGHT_TIMEOUT_MS, "cgr")
+    end, 2 * n, level.latency_ms)
+    os.remove(flight_path)
+  end
+  local levels, heads, rule = {}, {}, {}
+  for i, level in ipairs(CALLGRIND_LEVELS) do
+    levels[i] = ("%d in flight (runs of 2 and 4 rounds of %d calls to the %d ms device, the difference / %d)"):format(
+      level.calls_in_flight, level.calls_in_flight, level.latency_ms, 2 * level.calls_in_flight)
+    heads[i] = ("%d in flight | vs floor | in flight at the emulator (fewest of both runs)"):format(level.calls_in_flight)
+    rule[i] = "---|---|---"
+  end
   say("")
   say("7. Instructions per call, counted by callgrind: sequential (runs of %d and %d calls to an echo device, the"
-    .. " difference / %d) and %d in flight (runs of 2 and 4 rounds of %d calls to the %d ms device, the difference /"
-    .. " %d: calls on kept-alive connections)", CALLGRIND_CALLS, 2 * CALLGRIND_CALLS, CALLGRIND_CALLS, n, n,
-    CALLGRIND_LEVEL.latency_ms, 2 * n)
+    .. " difference / %d), %s; calls on kept-alive connections", CALLGRIND_CALLS, 2 * CALLGRIND_CALLS, CALLGRIND_CALLS,
+    table.concat(levels, ", "))
   say("")
-  say("| client | sequential | vs floor | %d in flight | vs floor | in flight at the emulator (fewest of both runs) |", n)
-  say("|---|---|---|---|---|---|")
+  say("| client | sequential | vs floor | %s |", table.concat(heads, " | "))
+  say("|---|---|---|%s|", table.concat(rule, "|"))
   for _, row in ipairs { { "libcurl floor", counts.floor }, { "rrpc (V3)", counts.rrpc } } do
-    say("| %s | %.0fk | %.2f | %.0fk | %.2f | %d |", row[1], row[2].sequential / 1000,
-      row[2].sequential / counts.floor.sequential, row[2].in_flight / 1000, row[2].in_flight / counts.floor.in_flight,
-      row[2].seen)
+    local cells = {}
+    for i in ipairs(CALLGRIND_LEVELS) do
+      cells[i] = ("%.0fk | %.2f | %d"):format(row[2].in_flight[i] / 1000,
+        row[2].in_flight[i] / counts.floor.in_flight[i], row[2].seen[i])
+    end
+    say("| %s | %.0fk | %.2f | %s |", row[1], row[2].sequential / 1000, row[2].sequential / counts.floor.sequential,
+      table.concat(cells, " | "))
   end
 end
 

@@ -15,13 +15,21 @@ static size_t skip_space(const char *s, size_t n, size_t i)
     return i;
 }
 
-/* s[i] is the opening quote; returns the index just past the closing quote (or n). */
+/* s[i] is the opening quote; returns the index just past the closing quote (or n). Most
+ * of an answer's bytes are inside its strings (the Base64 payload), so quotes are found
+ * with memchr: a quote closes the string unless an odd run of backslashes precedes it. */
 static size_t skip_string(const char *s, size_t n, size_t i)
 {
+    size_t open = i;
     for (i++; i < n; i++) {
-        if (s[i] == '\\')
-            i++;
-        else if (s[i] == '"')
+        const char *quote = memchr(s + i, '"', n - i);
+        size_t backslashes = 0;
+        if (quote == NULL)
+            return n;
+        i = (size_t)(quote - s);
+        while (i - backslashes - 1 > open && s[i - backslashes - 1] == '\\')
+            backslashes++;
+        if (backslashes % 2 == 0)
             return i + 1;
     }
     return n;

@@ -111,6 +111,20 @@ describe("decode_response with kinds", function()
     assert.equal("r", doc.RequestId)
   end)
 
+  it("finds the MessageId's digits past strings that end in backslashes or hold escaped quotes", function()
+    for _, body in ipairs {
+      [[{"Note":"ends in a backslash \\","MessageId":9007199254740993}]],
+      [[{"Note":"\\\\","MessageId":9007199254740993}]],
+      [[{"Note":"a quoted \"MessageId\":1 inside","MessageId":9007199254740993}]],
+      [[{"Note":"\\\"MessageId\":5","MessageId":9007199254740993}]],
+      [[{"MessageId":9007199254740993,"Note":"\"MessageId\":7"}]],
+      [[{"Message\u0049d":1,"Payload":"a\/b\/c==","MessageId":9007199254740993}]],
+    } do
+      local doc = assert(core.decode_response(body), body)
+      assert.equal("9007199254740993", doc.MessageId, body)
+    end
+  end)
+
   it("is false for a member of another type, or JSON null, wherever it comes in the document", function()
     for _, body in ipairs {
       '{"Success":"true"}', '{"RequestId":"r","Success":1}', '{"RequestId":null}',
