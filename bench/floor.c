@@ -13,9 +13,18 @@
  *     walk every transfer at each event), with rrpc's lanes (a multi handle per 100 calls
  *     in flight), CONCURRENCY in flight, no warm-up.
  *     RECEIVE_BUFFER_BYTES: CURLOPT_BUFFERSIZE, as rrpc sets it.
+ *   floor REQUESTS_FILE CALLS CONCURRENCY RECEIVE_BUFFER_BYTES CA_FILE HTTP_VERSION
+ *     over HTTPS, as rrpc's ca_file and http_version ("1.1" or "2") make it: the CA file,
+ *     one share handle keeping the TLS sessions of every easy handle, and with "2" h2
+ *     offered in the handshake, each call waiting to multiplex (CURLOPT_PIPEWAIT) on one
+ *     multi handle, as rrpc's pool has it over HTTP/2. With CONCURRENCY above 1 a warm-up
+ *     call on an easy handle of its own first, whose session the calls may resume, as
+ *     rrpc's bench client makes one.
  * Prints one JSON line: calls, ok (HTTP 200 answers), cpu_s, wall_s, rss_before_kb (after the
- * requests are read, before any easy handle exists), peak_rss_kb. */
+ * requests are read and the warm-up call, if any, is made, before the other easy handles
+ * exist), peak_rss_kb. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +59,10 @@ struct call {
 
 static struct request *requests;
 static long request_count, receive_buffer;
+/* over HTTPS: the CA file, the share handle of the TLS sessions; the HTTP version asked */
+static const char *ca_file;
+static CURLSH *tls_sessions;
+static long http_version = CURL_HTTP_VERSION_1_1;
 
 /* Appends n bytes to b (an answer's); 0 when out of memory. */
 static int append(struct buffer *b, const char *p, size_t n)
@@ -160,7 +173,13 @@ static void set_up(struct call *c)
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, receive_buffer);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, http_version);
+    if (http_version != CURL_HTTP_VERSION_1_1)
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    if (ca_file != NULL) {
+        curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
+        curl_easy_setopt(e, CURLOPT_SHARE, tls_sessions);
+    }
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 15000L);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, keep);
@@ -249,11 +268,14 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     memset(&ev, 0, sizeof ev);
     ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
     ev.data.u64 = ((uint64_t)lane->index << 32) | (uint32_t)fd;
+    /* as rrpc's pool (src/pool.c) does: ADD when libcurl has no mark, MOD when it has,
+     * and the other should epoll disagree */
     if (socketp == NULL) {
-        epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+        if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0 && errno == EEXIST)
+            epoll_ctl(epoll_fd, EPOLL_CTL_MOD, fd, &ev);
         curl_multi_assign(lane->multi, fd, &epoll_fd);
-    } else {
-        epoll_ctl(epoll_fd, EPOLL_CTL_MOD, fd, &ev);
+    } else if (epoll_ctl(epoll_fd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT) {
+        epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev);
     }
     return 0;
 }
@@ -267,11 +289,11 @@ static int on_timer(CURLM *multi, long timeout_ms, void *userp)
 
 int main(int argc, char **argv)
 {
-    long calls, concurrency, ok = 0, started = 0, i, rss_before, needed;
+    long calls, concurrency, ok = 0, started = 0, i, rss_before, needed, warm_up;
     double cpu, wall;
-    struct call *pool;
-    if (argc != 5) {
-        fprintf(stderr, "usage: floor REQUESTS_FILE CALLS CONCURRENCY RECEIVE_BUFFER_BYTES\n");
+    struct call *pool, warm;
+    if (argc != 5 && argc != 7) {
+        fprintf(stderr, "usage: floor REQUESTS_FILE CALLS CONCURRENCY RECEIVE_BUFFER_BYTES [CA_FILE HTTP_VERSION]\n");
         return 2;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -279,19 +301,32 @@ int main(int argc, char **argv)
     calls = strtol(argv[2], NULL, 10);
     concurrency = strtol(argv[3], NULL, 10);
     receive_buffer = strtol(argv[4], NULL, 10);
-    needed = concurrency == 1 ? calls + 1 : calls;
+    if (argc == 7) {
+        ca_file = argv[5];
+        if (strcmp(argv[6], "2") == 0)
+            http_version = CURL_HTTP_VERSION_2TLS;
+        else if (strcmp(argv[6], "1.1") != 0)
+            fail("HTTP_VERSION is \"1.1\" or \"2\"", argv[6]);
+        tls_sessions = curl_share_init();
+        curl_share_setopt(tls_sessions, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    }
+    /* sequential calls warm up their connection; over HTTPS calls in flight a session */
+    warm_up = concurrency == 1 || ca_file != NULL;
+    needed = calls + warm_up;
     if (calls < 1 || concurrency < 1 || receive_buffer < 1 || request_count < needed) {
         fprintf(stderr, "floor: %ld calls need %ld requests, %s has %ld\n", calls, needed, argv[1],
                 request_count);
         return 2;
     }
-    rss_before = memory_kb("VmRSS");
     pool = calloc((size_t)concurrency, sizeof *pool);
-    if (concurrency == 1) {
-        set_up(&pool[0]);
-        aim(&pool[0], &requests[started++]);
-        curl_easy_perform(pool[0].easy); /* warm up: the connection, as rrpc's bench does */
+    if (warm_up) {
+        struct call *c = concurrency == 1 ? &pool[0] : &warm;
+        memset(&warm, 0, sizeof warm);
+        set_up(c);
+        aim(c, &requests[started++]);
+        curl_easy_perform(c->easy);
     }
+    rss_before = memory_kb("VmRSS");
     cpu = cpu_seconds();
     wall = wall_seconds();
     if (concurrency == 1) {
@@ -301,7 +336,8 @@ int main(int argc, char **argv)
                 ok++;
         }
     } else {
-        long lane_count = (concurrency + LANE_CONNECTIONS - 1) / LANE_CONNECTIONS, done = 0, l;
+        long lane_count = http_version == CURL_HTTP_VERSION_1_1
+                              ? (concurrency + LANE_CONNECTIONS - 1) / LANE_CONNECTIONS : 1, done = 0, l;
         struct lane *lanes = calloc((size_t)lane_count, sizeof *lanes);
         int running;
         epoll_fd = epoll_create1(EPOLL_CLOEXEC);
@@ -309,17 +345,19 @@ int main(int argc, char **argv)
             lanes[l].multi = curl_multi_init();
             lanes[l].timer_at = -1;
             lanes[l].index = l;
-            curl_multi_setopt(lanes[l].multi, CURLMOPT_MAXCONNECTS, (long)LANE_CONNECTIONS);
+            curl_multi_setopt(lanes[l].multi, CURLMOPT_MAXCONNECTS,
+                              lane_count > 1 ? (long)LANE_CONNECTIONS : concurrency);
             curl_multi_setopt(lanes[l].multi, CURLMOPT_SOCKETFUNCTION, on_socket);
             curl_multi_setopt(lanes[l].multi, CURLMOPT_SOCKETDATA, &lanes[l]);
             curl_multi_setopt(lanes[l].multi, CURLMOPT_TIMERFUNCTION, on_timer);
             curl_multi_setopt(lanes[l].multi, CURLMOPT_TIMERDATA, &lanes[l]);
         }
-        /* call slot i lives in lane i / LANE_CONNECTIONS, its easy handle reused there */
-        for (i = 0; i < concurrency && started < calls; i++) {
+        /* call slot i lives in lane i / LANE_CONNECTIONS (over h2, the one lane), its easy
+         * handle reused there */
+        for (i = 0; i < concurrency && started < needed; i++) {
             set_up(&pool[i]);
             aim(&pool[i], &requests[started++]);
-            curl_multi_add_handle(lanes[i / LANE_CONNECTIONS].multi, pool[i].easy);
+            curl_multi_add_handle(lanes[i / LANE_CONNECTIONS % lane_count].multi, pool[i].easy);
         }
         while (done < calls) {
             struct epoll_event events[256];
@@ -353,7 +391,7 @@ int main(int argc, char **argv)
                         ok++;
                     done++;
                     curl_multi_remove_handle(lanes[l].multi, c->easy);
-                    if (started < calls) {
+                    if (started < needed) {
                         aim(c, &requests[started++]);
                         curl_multi_add_handle(lanes[l].multi, c->easy);
                     }
