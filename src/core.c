@@ -10,6 +10,7 @@ int luaopen_rrpc_core(lua_State *L)
         {"percent_encode", l_percent_encode},
         {"b64encode", l_b64encode},
         {"b64decode", l_b64decode},
+        {"is_int64_digits", l_is_int64_digits},
         {"sign_v1", l_sign_v1},
         {"sign_v3", l_sign_v3},
         {"build_request", l_build_request},

@@ -138,8 +138,28 @@ static int is_integer_literal(const char *s, size_t n)
     return 1;
 }
 
-/* Whether each member of the table at `doc` that the table at `kinds` names has the Lua
- * type kinds gives it (a type name: "string", "boolean", ...). */
+#define INT64_MAX_DIGITS "9223372036854775807"
+
+/* Whether the value at idx is a string of the digits of a 64-bit integer (at most
+ * INT64_MAX): what decode_response made of a MessageId given as a JSON integer. */
+static int is_int64_digits(lua_State *L, int idx)
+{
+    size_t n, i, max = sizeof INT64_MAX_DIGITS - 1;
+    const char *s;
+    if (lua_type(L, idx) != LUA_TSTRING)
+        return 0;
+    s = lua_tolstring(L, idx, &n);
+    if (n == 0 || n > max)
+        return 0;
+    for (i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+    return n < max || memcmp(s, INT64_MAX_DIGITS, max) <= 0;
+}
+
+/* Whether each member of the table at `doc` that the table at `kinds` names is of the kind
+ * kinds gives it: a Lua type name ("string", "boolean", ...), or "digits" (the digits of a
+ * 64-bit integer, a string). */
 static int members_of_kinds(lua_State *L, int doc, int kinds)
 {
     int well = 1;
@@ -150,7 +170,8 @@ static int members_of_kinds(lua_State *L, int doc, int kinds)
             lua_pushvalue(L, -2);
             lua_rawget(L, kinds);
             want = lua_tostring(L, -1);
-            if (want != NULL && strcmp(want, luaL_typename(L, -2)) != 0)
+            if (want != NULL && (strcmp(want, "digits") == 0 ? !is_int64_digits(L, -2)
+                                                            : strcmp(want, luaL_typename(L, -2)) != 0))
                 well = 0;
             lua_pop(L, 1);
         }
@@ -163,9 +184,19 @@ static int members_of_kinds(lua_State *L, int doc, int kinds)
     return well;
 }
 
+/* is_int64_digits(value) --> whether value is a string of a 64-bit integer's digits: the
+ * check of the kind "digits", for the Lua side's ordered field checks */
+int l_is_int64_digits(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    lua_pushboolean(L, is_int64_digits(L, 1));
+    return 1;
+}
+
 /* decode_response(body [, kinds]) --> table [, well] | nil, message
- * kinds: member name -> Lua type name; `well` says whether every member it names that the
- * document has is of that type, in one walk of the document (JSON null is not).
+ * kinds: member name -> Lua type name or "digits"; `well` says whether every member it
+ * names that the document has is of that kind, in one walk of the document (JSON null is
+ * not).
  * Upvalue 1: the decode function of a private cjson instance. */
 static int l_decode_response(lua_State *L)
 {

@@ -164,6 +164,7 @@ int l_redis(lua_State *L);
 int rrpc_find_member_number(const char *s, size_t n, const char *key,
                             size_t *start, size_t *len);
 void rrpc_push_decode_response(lua_State *L);
+int l_is_int64_digits(lua_State *L);
 
 /* signal.c: deferred signals; rrpc_signals_arrived() counts every arrival */
 int rrpc_signals_arrived(void);

@@ -14,13 +14,10 @@ local FIELD_KINDS = {
   string = { named = "a string", check = function(v) return type(v) == "string" end },
   boolean = { named = "a boolean", check = function(v) return type(v) == "boolean" end },
   -- decode_response has turned an integer into its exact digits, so a number left here is
-  -- a fraction or an exponent, which no MessageId is; the platform's field is a Long
-  digits = { named = "a 64-bit integer", check = function(v)
-    return type(v) == "string" and v:find("^%d+$") ~= nil
-      and (#v < 19 or (#v == 19 and v <= "9223372036854775807"))
-  end },
+  -- a fraction or an exponent, which no MessageId is; the platform's field is a Long. The
+  -- check is decode_response's own.
+  digits = { named = "a 64-bit integer", check = core.is_int64_digits },
 }
-local digits_check = FIELD_KINDS.digits.check
 local COMMON_FIELDS = {
   { "RequestId", "string" }, { "Success", "boolean" }, { "Code", "string" },
   { "Message", "string" }, { "ErrorMessage", "string" }, { "MessageId", "digits" },
@@ -46,12 +43,11 @@ local function field_problem(doc, fields)
   end
 end
 
--- The Lua type each field of both lists needs (the digits are a string, checked apart).
-local LUA_TYPE_OF = {}
+-- The kind each field of both lists needs, as decode_response tells them: a Lua type, or
+-- "digits" (its check, in C).
+local KIND_OF = {}
 for _, fields in ipairs { COMMON_FIELDS, RRPC_FIELDS } do
-  for _, field in ipairs(fields) do
-    LUA_TYPE_OF[field[1]] = field[2] == "digits" and "string" or field[2]
-  end
+  for _, field in ipairs(fields) do KIND_OF[field[1]] = field[2] end
 end
 
 
@@ -95,17 +91,16 @@ end
 -- outcome: response.rrpc or response.document. No error holds a secret or security token
 -- of `secrets`, in any field, from the moment it is made: each is made with them.
 function response.interpret(outcome, status, headers, body, secrets)
-  -- typed: whether every field of both lists that the answer has is of its Lua type (JSON
-  -- null is not), told as it is decoded; with the MessageId's digits, the common case.
-  -- When a field is not, the ordered checks of each list say which one is wrong.
-  local doc, typed = decode_response(body, LUA_TYPE_OF)
+  -- fields_well: whether every field of both lists that the answer has is of its kind
+  -- (JSON null is not), told as it is decoded: the common case. When a field is not, the
+  -- ordered checks of each list say which one is wrong.
+  local doc, fields_well = decode_response(body, KIND_OF)
   if not doc then
+    local why = fields_well -- decode_response's nil, why
     return nil, errors.http(status, ("HTTP %d with a body that is not the platform's JSON: %s"):format(
-      status, typed), headers["x-acs-request-id"], secrets)
+      status, why), headers["x-acs-request-id"], secrets)
   end
   local request_id = type(doc.RequestId) == "string" and doc.RequestId or headers["x-acs-request-id"]
-  local id = doc.MessageId
-  local fields_well = typed and (id == nil or digits_check(id))
   local problem = not fields_well and field_problem(doc, COMMON_FIELDS)
   if problem then
     return nil, errors.invalid_response(status, problem, request_id, nil, secrets)

@@ -111,6 +111,25 @@ describe("decode_response with kinds", function()
     assert.equal("r", doc.RequestId)
   end)
 
+  it("tells the digits of a 64-bit integer as the kind \"digits\", up to the largest", function()
+    local DIGITS = { MessageId = "digits" }
+    for body, well in pairs {
+      ['{"MessageId":9223372036854775807}'] = true, ['{"MessageId":"42"}'] = true, ['{"MessageId":0}'] = true,
+      ['{"MessageId":9223372036854775808}'] = false, ['{"MessageId":99999999999999999999}'] = false,
+      ['{"MessageId":-5}'] = false, ['{"MessageId":"4a"}'] = false, ['{"MessageId":""}'] = false,
+      ['{"MessageId":1.5}'] = false, ['{"MessageId":null}'] = false, ['{"MessageId":true}'] = false,
+      ['{"Other":1}'] = true,
+    } do
+      assert.equal(well, select(2, core.decode_response(body, DIGITS)), body)
+    end
+    -- the same check, for the ordered field checks: any value
+    assert.is_true(core.is_int64_digits("9223372036854775807"))
+    assert.is_false(core.is_int64_digits("9223372036854775808"))
+    for _, v in ipairs { 5, true, {}, "", " 1", "1 " } do assert.is_false(core.is_int64_digits(v)) end
+    assert.is_false(core.is_int64_digits(nil))
+    assert.has_error(function() core.is_int64_digits() end, "bad argument #1 to 'is_int64_digits' (value expected)")
+  end)
+
   it("finds the MessageId's digits past strings that end in backslashes or hold escaped quotes", function()
     for _, body in ipairs {
       [[{"Note":"ends in a backslash \\","MessageId":9007199254740993}]],
