@@ -346,7 +346,7 @@ int main(int argc, char **argv)
             lanes[l].timer_at = -1;
             lanes[l].index = l;
             curl_multi_setopt(lanes[l].multi, CURLMOPT_MAXCONNECTS,
-                              lane_count > 1 ? (long)LANE_CONNECTIONS : concurrency);
+                              (concurrency + lane_count - 1) / lane_count); /* as rrpc's pool */
             curl_multi_setopt(lanes[l].multi, CURLMOPT_SOCKETFUNCTION, on_socket);
             curl_multi_setopt(lanes[l].multi, CURLMOPT_SOCKETDATA, &lanes[l]);
             curl_multi_setopt(lanes[l].multi, CURLMOPT_TIMERFUNCTION, on_timer);

@@ -144,17 +144,13 @@ static int is_integer_literal(const char *s, size_t n)
  * INT64_MAX): what decode_response made of a MessageId given as a JSON integer. */
 static int is_int64_digits(lua_State *L, int idx)
 {
-    size_t n, i, max = sizeof INT64_MAX_DIGITS - 1;
+    size_t n, max = sizeof INT64_MAX_DIGITS - 1;
     const char *s;
     if (lua_type(L, idx) != LUA_TSTRING)
         return 0;
     s = lua_tolstring(L, idx, &n);
-    if (n == 0 || n > max)
-        return 0;
-    for (i = 0; i < n; i++)
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-    return n < max || memcmp(s, INT64_MAX_DIGITS, max) <= 0;
+    return n <= max && n > 0 && s[0] != '-' && is_integer_literal(s, n) &&
+           (n < max || memcmp(s, INT64_MAX_DIGITS, max) <= 0);
 }
 
 /* Whether each member of the table at `doc` that the table at `kinds` names is of the kind
